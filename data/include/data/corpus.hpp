@@ -1,0 +1,61 @@
+#pragma once
+// Reading a prepared corpus file (train.h5, valid.h5, test.h5) safely.
+//
+//   /src/tokens  int32 [total source tokens]   all sentences concatenated, each ending in EOS
+//   /src/offsets int64 [pairs + 1]             sentence i is tokens[offsets[i] : offsets[i+1]]
+//   /tgt/tokens, /tgt/offsets                  the same for the target side
+//   /src/text, /tgt/text uint8 + /src/text_offsets, /tgt/text_offsets int64   raw UTF-8 lines (held-out)
+//   attributes: format="aiayn-corpus", version, vocab_size, pad_id, bos_id, eos_id, unk_id,
+//               tokenizer_sha256, pairs
+//
+// The constructor opens the file read-only and validates everything but the token ids (format, version,
+// datasets, dtypes and ranks, offsets from 0, strictly increasing, ending at the token count, equal pair
+// counts, a non-empty corpus); ids are validated on every read (in [0, vocab_size)). The first problem throws
+// aiayn::Error "FILE: DATASET[index]: what is wrong". HDF5's own error printing is off.
+// Offsets are read once (the lengths for planning); tokens only for the pairs asked for (hyperslabs).
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace aiayn::data {
+
+struct CorpusInfo {
+  std::string path;
+  int64_t version = 0;
+  int32_t vocab_size = 0, pad_id = 0, bos_id = 0, eos_id = 0, unk_id = 0;
+  int64_t pairs = 0;
+  std::string tokenizer_sha256;
+  bool has_text = false;
+};
+
+struct Pair {
+  std::vector<int32_t> src;  // ends in EOS
+  std::vector<int32_t> tgt;  // ends in EOS
+};
+
+class CorpusReader {
+ public:
+  explicit CorpusReader(const std::string& path);
+  ~CorpusReader();
+  CorpusReader(const CorpusReader&) = delete;
+  CorpusReader& operator=(const CorpusReader&) = delete;
+
+  const CorpusInfo& info() const;
+  const std::vector<int32_t>& src_lengths() const;  // tokens per sentence, EOS included
+  const std::vector<int32_t>& tgt_lengths() const;
+
+  // The pairs with these corpus indices, in the given order.
+  std::vector<Pair> read_pairs(const std::vector<int64_t>& indices) const;
+  // Raw text lines [first, first + count) of one side ("src" or "tgt"); requires info().has_text.
+  std::vector<std::string> read_text(const std::string& side, int64_t first, int64_t count) const;
+
+  // Identifies the corpus for resume checks: sha256 of the attributes, the offsets and the tokenizer hash.
+  std::string fingerprint() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace aiayn::data

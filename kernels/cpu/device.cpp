@@ -1,0 +1,97 @@
+// Device discovery and memory: the CPU side here, the CUDA side behind kernels/cuda/runtime.cu.
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+#include "kernels/device.hpp"
+#include "kernels/memory.hpp"
+
+#if AIAYN_HAVE_CUDA
+namespace aiayn::kernels::cuda_runtime {  // defined in kernels/cuda/runtime.cu
+int device_count(std::string* why);
+void set_device(int index);
+void synchronize();
+void* alloc(size_t bytes);
+void free(void* p) noexcept;
+void zero(void* p, size_t bytes, Stream s);
+void copy(void* dst, const void* src, size_t bytes, Stream s);
+}  // namespace aiayn::kernels::cuda_runtime
+#endif
+
+namespace aiayn::kernels {
+
+bool cuda_compiled() { return AIAYN_HAVE_CUDA != 0; }
+
+int cuda_device_count(std::string* why) {
+#if AIAYN_HAVE_CUDA
+  return cuda_runtime::device_count(why);
+#else
+  if (why) *why = "this build has no CUDA backend";
+  return 0;
+#endif
+}
+
+void cuda_set_device(int index) {
+#if AIAYN_HAVE_CUDA
+  cuda_runtime::set_device(index);
+#else
+  no_cuda_backend("set_device");
+#endif
+}
+
+void cuda_synchronize() {
+#if AIAYN_HAVE_CUDA
+  cuda_runtime::synchronize();
+#endif
+}
+
+void* device_alloc(Device d, size_t bytes) {
+  if (d == Device::CUDA) {
+#if AIAYN_HAVE_CUDA
+    return cuda_runtime::alloc(bytes);
+#else
+    no_cuda_backend("alloc");
+#endif
+  }
+  // 64-byte alignment for vector loads; zero-filled like the CUDA side.
+  const size_t rounded = (bytes + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, rounded ? rounded : 64);
+  AIAYN_CHECK(p != nullptr, "out of host memory allocating " + std::to_string(bytes) + " bytes");
+  std::memset(p, 0, rounded);
+  return p;
+}
+
+void device_free(Device d, void* p) noexcept {
+  if (!p) return;
+#if AIAYN_HAVE_CUDA
+  if (d == Device::CUDA) return cuda_runtime::free(p);
+#endif
+  std::free(p);
+}
+
+void device_zero(Device d, void* p, size_t bytes, Stream s) {
+  if (!bytes) return;
+  if (d == Device::CUDA) {
+#if AIAYN_HAVE_CUDA
+    return cuda_runtime::zero(p, bytes, s);
+#else
+    no_cuda_backend("zero");
+#endif
+  }
+  std::memset(p, 0, bytes);
+}
+
+void device_copy(Device to, void* dst, Device from, const void* src, size_t bytes, Stream s) {
+  if (!bytes) return;
+  if (to == Device::CPU && from == Device::CPU) {
+    std::memmove(dst, src, bytes);
+    return;
+  }
+#if AIAYN_HAVE_CUDA
+  cuda_runtime::copy(dst, src, bytes, s);  // cudaMemcpyDefault: unified addressing knows the direction
+#else
+  no_cuda_backend("copy");
+#endif
+}
+
+}  // namespace aiayn::kernels
