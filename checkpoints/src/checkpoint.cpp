@@ -1,0 +1,1 @@
+// Filled in by the checkpoint work (see checkpoints/include/checkpoints/).

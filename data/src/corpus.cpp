@@ -1,0 +1,1 @@
+// Filled in by the data work (see data/include/data/).
