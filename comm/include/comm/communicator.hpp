@@ -54,6 +54,7 @@ class MpiSession {
 
  private:
   bool active_ = false;
+  bool owns_ = false;  // MPI was initialised here (not by someone before us), so finalise it here
   int rank_ = 0, size_ = 1, local_rank_ = 0;
 };
 
