@@ -1,0 +1,58 @@
+// Adam, the gradient's sum of squares (for clipping and the logged norm) and scaling, over flat buffers.
+#include "kernels/ops/adam.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace aiayn::kernels::cpu {
+
+template <class T>
+void adam(const AdamArgs<T>& a) {
+  const T lr = a.lr, beta1 = a.beta1, beta2 = a.beta2, eps = a.eps, grad_scale = a.grad_scale;
+  const T bias1 = static_cast<T>(a.bias1), bias2 = static_cast<T>(a.bias2);
+  const long n = static_cast<long>(a.n);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    const T g = a.grad[i] * grad_scale;
+    a.m[i] = beta1 * a.m[i] + (T(1) - beta1) * g;
+    a.v[i] = beta2 * a.v[i] + (T(1) - beta2) * g * g;
+    a.param[i] -= lr * (a.m[i] / bias1) / (std::sqrt(a.v[i] / bias2) + eps);
+  }
+}
+
+// Fixed chunks (independent of the thread count), each summed in order, then the chunk sums in order: the
+// result is the same bits for any number of threads.
+template <class T>
+double sum_squares(const SumSquaresArgs<T>& a) {
+  constexpr size_t kChunk = size_t(1) << 16;
+  const long chunks = static_cast<long>((a.n + kChunk - 1) / kChunk);
+  std::vector<double> partial(chunks, 0.0);
+#pragma omp parallel for
+  for (long ch = 0; ch < chunks; ++ch) {
+    const size_t begin = size_t(ch) * kChunk, end = std::min(a.n, begin + kChunk);
+    double s = 0.0;
+    for (size_t i = begin; i < end; ++i) s += double(a.x[i]) * double(a.x[i]);
+    partial[ch] = s;
+  }
+  double total = 0.0;
+  for (double s : partial) total += s;
+  return total;
+}
+
+template <class T>
+void scale(const ScaleArgs<T>& a) {
+  const T factor = a.factor;
+  const long n = static_cast<long>(a.n);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) a.x[i] *= factor;
+}
+
+template void adam<float>(const AdamArgs<float>&);
+template void adam<double>(const AdamArgs<double>&);
+template double sum_squares<float>(const SumSquaresArgs<float>&);
+template double sum_squares<double>(const SumSquaresArgs<double>&);
+template void scale<float>(const ScaleArgs<float>&);
+template void scale<double>(const ScaleArgs<double>&);
+
+}  // namespace aiayn::kernels::cpu

@@ -1,0 +1,131 @@
+// BLAS loaded at run time.
+//
+// Why dlopen and not a link-time dependency: Debian's OpenBLAS (0.3.21, DYNAMIC_ARCH) does not know AMD Zen4
+// and falls back to its "Prescott" kernels, about 6x slower for sgemm than its SkylakeX (AVX-512) kernels,
+// which run fine on Zen4. OpenBLAS picks its kernels once, in its load-time constructor, from the environment
+// variable OPENBLAS_CORETYPE. A linked library is loaded before main() runs, too early for the program to set
+// that variable; a library loaded here at first use is not. So: if the user has not set OPENBLAS_CORETYPE,
+// set it from what the CPU supports, then dlopen. If OpenBLAS was already loaded by someone else, the
+// variable comes too late; blas_description() says so.
+#include "blas.hpp"
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <string>
+
+#include "aiayn/error.hpp"
+
+namespace aiayn::kernels::cpu {
+namespace {
+
+// cblas enums (cblas.h): CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112. blasint is int in the
+// LP64 builds Debian ships.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
+                         int);
+using DgemmFn = void (*)(int, int, int, int, int, int, double, const double*, int, const double*, int, double,
+                         double*, int);
+using SetThreadsFn = void (*)(int);
+using CorenameFn = char* (*)();
+
+struct Blas {
+  void* handle = nullptr;
+  SgemmFn sgemm = nullptr;
+  DgemmFn dgemm = nullptr;
+  SetThreadsFn set_threads = nullptr;
+  CorenameFn corename = nullptr;
+  std::string library;
+  std::string coretype_note;
+  std::string error;  // non-empty when loading failed
+};
+
+const char* const kLibraries[] = {"libopenblas.so.0", "libopenblas.so", "libblas.so.3"};
+
+// OpenBLAS core names for this CPU's instruction set; nullptr leaves OpenBLAS's own detection alone.
+const char* coretype_for_this_cpu() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    return "SKYLAKEX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "HASWELL";
+#endif
+  return nullptr;
+}
+
+void load(Blas& blas) {
+  if (const char* user = std::getenv("OPENBLAS_CORETYPE"); user && *user) {
+    blas.coretype_note = std::string("OPENBLAS_CORETYPE=") + user + " set by the user";
+  } else if (const char* chosen = coretype_for_this_cpu()) {
+    setenv("OPENBLAS_CORETYPE", chosen, /*overwrite=*/0);
+    blas.coretype_note = std::string("OPENBLAS_CORETYPE=") + chosen + " set by aiayn";
+  } else {
+    blas.coretype_note = "OPENBLAS_CORETYPE unset";
+  }
+  std::string tried;
+  for (const char* name : kLibraries) {
+    if (void* already = dlopen(name, RTLD_NOW | RTLD_NOLOAD)) {
+      blas.coretype_note += " (library was already loaded: the setting may have come too late)";
+      blas.handle = already;
+    } else {
+      blas.handle = dlopen(name, RTLD_NOW | RTLD_LOCAL);
+    }
+    if (!blas.handle) {
+      const char* why = dlerror();
+      tried += std::string(tried.empty() ? "" : "; ") + name + ": " + (why ? why : "not found");
+      continue;
+    }
+    blas.sgemm = reinterpret_cast<SgemmFn>(dlsym(blas.handle, "cblas_sgemm"));
+    blas.dgemm = reinterpret_cast<DgemmFn>(dlsym(blas.handle, "cblas_dgemm"));
+    if (!blas.sgemm || !blas.dgemm) {
+      tried += std::string(tried.empty() ? "" : "; ") + name + ": no cblas_sgemm/cblas_dgemm";
+      dlclose(blas.handle);
+      blas.handle = nullptr;
+      continue;
+    }
+    blas.set_threads = reinterpret_cast<SetThreadsFn>(dlsym(blas.handle, "openblas_set_num_threads"));
+    blas.corename = reinterpret_cast<CorenameFn>(dlsym(blas.handle, "openblas_get_corename"));
+    blas.library = name;
+    return;
+  }
+  blas.error = "could not load a BLAS library with cblas_sgemm/cblas_dgemm (tried " + tried +
+               "); install libopenblas0 (Debian: apt-get install libopenblas0-pthread)";
+}
+
+const Blas& blas() {
+  static Blas instance;
+  static std::once_flag once;
+  std::call_once(once, [] { load(instance); });
+  AIAYN_CHECK(instance.error.empty(), instance.error);
+  return instance;
+}
+
+}  // namespace
+
+template <>
+void blas_gemm<float>(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                      int ldb, float beta, float* c, int ldc) {
+  blas().sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+               ldc);
+}
+
+template <>
+void blas_gemm<double>(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
+                       const double* b, int ldb, double beta, double* c, int ldc) {
+  blas().dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+               ldc);
+}
+
+void blas_set_threads(int n) {
+  if (const Blas& b = blas(); b.set_threads && n > 0) b.set_threads(n);
+}
+
+std::string blas_description() {
+  const Blas& b = blas();
+  std::string core = b.corename ? std::string(", core ") + b.corename() : std::string();
+  return b.library + " (" + b.coretype_note + core + ")";
+}
+
+}  // namespace aiayn::kernels::cpu

@@ -1,0 +1,41 @@
+// Inverted dropout with the stateless hash mask (kernels/dropout_hash.hpp). Forward and backward are the
+// same map: the mask of element (r, c) is a pure function of (seed, step, pair[r / seq_len], r % seq_len,
+// site, c), so backward re-derives it instead of storing it.
+#include "kernels/ops/dropout.hpp"
+
+#include <cstring>
+
+#include "kernels/dropout_hash.hpp"
+
+namespace aiayn::kernels::cpu {
+namespace {
+template <class T>
+void apply_dropout(const DropoutArgs<T>& a) {
+  const size_t count = size_t(a.rows) * a.cols;
+  if (a.p == 0.0f) {
+    if (a.y != a.x && count) std::memmove(a.y, a.x, count * sizeof(T));
+    return;
+  }
+  AIAYN_CHECK(a.pair != nullptr, "dropout: p > 0 needs the pair index of each sentence");
+  AIAYN_CHECK(a.seq_len > 0 && a.rows % a.seq_len == 0, "dropout: rows must be a multiple of seq_len");
+  const T keep_prob = T(1) - static_cast<T>(a.p);
+#pragma omp parallel for
+  for (int r = 0; r < a.rows; ++r) {
+    const uint64_t key = dropout_row_key(a.seed, a.step, static_cast<uint64_t>(a.pair[r / a.seq_len]),
+                                         static_cast<uint32_t>(r % a.seq_len), a.site);
+    const T* x = a.x + size_t(r) * a.cols;  // [cols]
+    T* y = a.y + size_t(r) * a.cols;        // [cols]
+    for (int c = 0; c < a.cols; ++c) y[c] = dropout_keep(key, static_cast<uint32_t>(c), a.p) ? x[c] / keep_prob : T(0);
+  }
+}
+}  // namespace
+
+template <class T> void dropout_forward(const DropoutArgs<T>& a) { apply_dropout(a); }
+template <class T> void dropout_backward(const DropoutArgs<T>& a) { apply_dropout(a); }
+
+template void dropout_forward<float>(const DropoutArgs<float>&);
+template void dropout_forward<double>(const DropoutArgs<double>&);
+template void dropout_backward<float>(const DropoutArgs<float>&);
+template void dropout_backward<double>(const DropoutArgs<double>&);
+
+}  // namespace aiayn::kernels::cpu

@@ -1,0 +1,51 @@
+// Token embedding (scaled) plus sinusoidal positions; backward accumulates into the (shared) table.
+// Shapes: ids [N], table/dtable [V, D], out/dout [N, D]. Ids are checked before any work (throws).
+#include "kernels/ops/embedding.hpp"
+
+#include <string>
+
+#include "kernels/positional.hpp"
+
+namespace aiayn::kernels::cpu {
+namespace {
+void check_ids(const int32_t* ids, int N, int V, const char* op) {
+  for (int n = 0; n < N; ++n)
+    AIAYN_CHECK(ids[n] >= 0 && ids[n] < V, std::string(op) + ": token id " + std::to_string(ids[n]) +
+                                               " at index " + std::to_string(n) + " is outside the vocabulary [0, " +
+                                               std::to_string(V) + ")");
+}
+}  // namespace
+
+template <class T>
+void embed_forward(const EmbedForward<T>& a) {
+  check_ids(a.ids, a.N, a.V, "embed_forward");
+  AIAYN_CHECK(a.positions || a.seq_len > 0, "embed_forward: seq_len must be positive");
+  const T scale = static_cast<T>(a.scale);
+#pragma omp parallel for
+  for (int n = 0; n < a.N; ++n) {
+    const T* emb = a.table + size_t(a.ids[n]) * a.D;  // [D]
+    T* out = a.out + size_t(n) * a.D;                 // [D]
+    const int pos = a.positions ? a.positions[n] : n % a.seq_len;
+    for (int c = 0; c < a.D; ++c)
+      out[c] = emb[c] * scale + (a.add_positions ? static_cast<T>(sinusoid(pos, c, a.D)) : T(0));
+  }
+}
+
+// Serial over tokens: repeated ids add into the same row, and this keeps the summation order fixed.
+template <class T>
+void embed_backward(const EmbedBackward<T>& a) {
+  check_ids(a.ids, a.N, a.V, "embed_backward");
+  const T scale = static_cast<T>(a.scale);
+  for (int n = 0; n < a.N; ++n) {
+    T* dtable = a.dtable + size_t(a.ids[n]) * a.D;  // [D]
+    const T* dout = a.dout + size_t(n) * a.D;       // [D]
+    for (int c = 0; c < a.D; ++c) dtable[c] += dout[c] * scale;
+  }
+}
+
+template void embed_forward<float>(const EmbedForward<float>&);
+template void embed_forward<double>(const EmbedForward<double>&);
+template void embed_backward<float>(const EmbedBackward<float>&);
+template void embed_backward<double>(const EmbedBackward<double>&);
+
+}  // namespace aiayn::kernels::cpu

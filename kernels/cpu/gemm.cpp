@@ -1,0 +1,75 @@
+// gemm (BLAS, then the bias and ReLU epilogue in plain loops) and the epilogue's backward helpers.
+// Invariants: row-major; the epilogue is applied after alpha * op(A) @ op(B) + beta * C, as ops/gemm.hpp says.
+#include "kernels/ops/gemm.hpp"
+
+#include <algorithm>
+#include <vector>
+
+#include "blas.hpp"
+
+namespace aiayn::kernels::cpu {
+
+template <class T>
+void gemm(const GemmArgs<T>& g) {
+  if (g.m <= 0 || g.n <= 0) return;
+  const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+  if (g.k > 0) {
+    blas_gemm<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, alpha, g.a, g.lda, g.b, g.ldb, beta, g.c, g.ldc);
+  } else {
+    // An empty product (k = 0): C = beta * C. BLAS rejects the degenerate leading dimensions this allows.
+#pragma omp parallel for
+    for (int r = 0; r < g.m; ++r)
+      for (int c = 0; c < g.n; ++c) g.c[size_t(r) * g.ldc + c] = beta == T(0) ? T(0) : beta * g.c[size_t(r) * g.ldc + c];
+  }
+  if (!g.bias && !g.relu) return;
+#pragma omp parallel for
+  for (int r = 0; r < g.m; ++r) {
+    T* row = g.c + size_t(r) * g.ldc;  // [n]
+    if (g.bias)
+      for (int c = 0; c < g.n; ++c) row[c] += g.bias[c];
+    if (g.relu)
+      for (int c = 0; c < g.n; ++c) row[c] = row[c] > T(0) ? row[c] : T(0);
+  }
+}
+
+template <class T>
+void relu_backward(const ReluBackward<T>& a) {
+  const long n = static_cast<long>(a.n);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) a.dx[i] = a.y[i] > T(0) ? a.dy[i] : T(0);
+}
+
+// db[c] += sum_r dy[r, c], summed in double over rows in order (the result does not depend on the threads).
+template <class T>
+void bias_grad(const BiasGrad<T>& a) {
+  constexpr int kBlock = 64;  // columns per task: each task reads whole rows of its block, writes its own db
+  const int blocks = (a.cols + kBlock - 1) / kBlock;
+#pragma omp parallel for
+  for (int blk = 0; blk < blocks; ++blk) {
+    const int c0 = blk * kBlock, c1 = std::min(a.cols, c0 + kBlock);
+    double sum[kBlock] = {};
+    for (int r = 0; r < a.rows; ++r) {
+      const T* row = a.dy + size_t(r) * a.cols;
+      for (int c = c0; c < c1; ++c) sum[c - c0] += row[c];
+    }
+    for (int c = c0; c < c1; ++c) a.db[c] += static_cast<T>(sum[c - c0]);
+  }
+}
+
+template <class T>
+void add(const AddArgs<T>& a) {
+  const long n = static_cast<long>(a.n);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) a.y[i] = a.a[i] + a.b[i];
+}
+
+#define AIAYN_INSTANTIATE(T)                              \
+  template void gemm<T>(const GemmArgs<T>&);              \
+  template void relu_backward<T>(const ReluBackward<T>&); \
+  template void bias_grad<T>(const BiasGrad<T>&);         \
+  template void add<T>(const AddArgs<T>&);
+AIAYN_INSTANTIATE(float)
+AIAYN_INSTANTIATE(double)
+#undef AIAYN_INSTANTIATE
+
+}  // namespace aiayn::kernels::cpu
