@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   ctx.argv = &argv;
   // Registration, one line per subcommand (cmd_<name>.cpp).
   // [commands]
+  add_bleu_command(app, ctx);
   // [/commands]
   try {
     app.parse(argc, argv);
