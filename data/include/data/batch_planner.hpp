@@ -11,6 +11,7 @@
 // rank's share is cut into accumulation micro-batches of at most max_tokens_per_rank padded tokens per side.
 // The set of pairs per optimizer step therefore does not depend on the number of ranks. The cursor
 // (epoch, batch index) is all that resume needs.
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 

@@ -1,0 +1,122 @@
+// The corpus writer: contiguous (uncompressed) datasets, so that a reader's hyperslab of a few sentences
+// touches only those bytes; attributes on the root group. Written to PATH.tmp and renamed when complete.
+#include "data/corpus_writer.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "h5_handle.hpp"
+
+namespace aiayn::data {
+namespace {
+
+using h5::Handle;
+
+void write_dataset(hid_t group, const std::string& file, const std::string& name, hid_t file_type, hid_t mem_type,
+                   const void* data, size_t count) {
+  const hsize_t dims[1] = {count};
+  Handle space(H5Screate_simple(1, dims, nullptr));
+  AIAYN_CHECK(space.valid(), fmt::format("{}: cannot create the dataspace of {}", file, name));
+  Handle dset(H5Dcreate2(group, name.c_str(), file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  AIAYN_CHECK(dset.valid(), fmt::format("{}: cannot create dataset {}", file, name));
+  if (count > 0)
+    AIAYN_CHECK(H5Dwrite(dset.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
+                fmt::format("{}: cannot write dataset {}", file, name));
+}
+
+void write_int_attr(hid_t obj, const std::string& file, const char* name, hid_t file_type, int64_t value) {
+  Handle space(H5Screate(H5S_SCALAR));
+  Handle attr(H5Acreate2(obj, name, file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT));
+  AIAYN_CHECK(attr.valid(), fmt::format("{}: cannot create attribute {}", file, name));
+  AIAYN_CHECK(H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) >= 0,
+              fmt::format("{}: cannot write attribute {}", file, name));
+}
+
+void write_string_attr(hid_t obj, const std::string& file, const char* name, const std::string& value) {
+  Handle type(H5Tcopy(H5T_C_S1));
+  AIAYN_CHECK(type.valid() && H5Tset_size(type.get(), std::max<size_t>(1, value.size())) >= 0 &&
+                  H5Tset_strpad(type.get(), H5T_STR_NULLPAD) >= 0,
+              fmt::format("{}: cannot make the string type of attribute {}", file, name));
+  Handle space(H5Screate(H5S_SCALAR));
+  Handle attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT));
+  AIAYN_CHECK(attr.valid(), fmt::format("{}: cannot create attribute {}", file, name));
+  std::string padded = value.empty() ? std::string(1, '\0') : value;
+  AIAYN_CHECK(H5Awrite(attr.get(), type.get(), padded.data()) >= 0,
+              fmt::format("{}: cannot write attribute {}", file, name));
+}
+
+void write_side(hid_t file_id, const std::string& file, const char* side, const std::vector<int32_t>& tokens,
+                const std::vector<int64_t>& offsets, bool has_text, const std::string& text,
+                const std::vector<int64_t>& text_offsets) {
+  Handle group(H5Gcreate2(file_id, side, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  AIAYN_CHECK(group.valid(), fmt::format("{}: cannot create group /{}", file, side));
+  write_dataset(group.get(), file, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, tokens.data(), tokens.size());
+  write_dataset(group.get(), file, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, offsets.data(), offsets.size());
+  if (has_text) {
+    write_dataset(group.get(), file, "text", H5T_STD_U8LE, H5T_NATIVE_UINT8, text.data(), text.size());
+    write_dataset(group.get(), file, "text_offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, text_offsets.data(),
+                  text_offsets.size());
+  }
+}
+
+void fsync_path(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+void CorpusContent::add_pair(const std::vector<int32_t>& src, const std::vector<int32_t>& tgt,
+                             const std::string& src_line, const std::string& tgt_line) {
+  src_tokens.insert(src_tokens.end(), src.begin(), src.end());
+  src_offsets.push_back(int64_t(src_tokens.size()));
+  tgt_tokens.insert(tgt_tokens.end(), tgt.begin(), tgt.end());
+  tgt_offsets.push_back(int64_t(tgt_tokens.size()));
+  if (has_text) {
+    src_text += src_line;
+    src_text_offsets.push_back(int64_t(src_text.size()));
+    tgt_text += tgt_line;
+    tgt_text_offsets.push_back(int64_t(tgt_text.size()));
+  }
+  ++pairs;
+}
+
+void write_corpus_file(const std::string& path, const CorpusContent& c) {
+  h5::silence_errors();
+  const std::string tmp = path + ".tmp";
+  std::remove(tmp.c_str());
+  {
+    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
+    write_side(file.get(), tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets);
+    write_side(file.get(), tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets);
+    const hid_t root = file.get();
+    write_string_attr(root, tmp, "format", c.format);
+    write_int_attr(root, tmp, "version", H5T_STD_I64LE, c.version);
+    write_int_attr(root, tmp, "vocab_size", H5T_STD_I32LE, c.vocab_size);
+    write_int_attr(root, tmp, "pad_id", H5T_STD_I32LE, c.pad_id);
+    write_int_attr(root, tmp, "bos_id", H5T_STD_I32LE, c.bos_id);
+    write_int_attr(root, tmp, "eos_id", H5T_STD_I32LE, c.eos_id);
+    write_int_attr(root, tmp, "unk_id", H5T_STD_I32LE, c.unk_id);
+    write_string_attr(root, tmp, "tokenizer_sha256", c.tokenizer_sha256);
+    write_int_attr(root, tmp, "pairs", H5T_STD_I64LE, c.pairs);
+    AIAYN_CHECK(H5Fflush(root, H5F_SCOPE_GLOBAL) >= 0, fmt::format("{}: cannot flush", tmp));
+    const hid_t id = file.release();  // closed here so that the close itself is checked
+    AIAYN_CHECK(H5Fclose(id) >= 0, fmt::format("{}: cannot close", tmp));
+  }
+  fsync_path(tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  AIAYN_CHECK(!ec, fmt::format("{}: cannot rename to {}: {}", tmp, path, ec.message()));
+  const auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? std::string(".") : dir.string());
+}
+
+}  // namespace aiayn::data

@@ -1,0 +1,26 @@
+// SHA-256 against the FIPS 180-4 / NIST known answers, in one piece and fed in awkward chunk sizes.
+#include <gtest/gtest.h>
+
+#include "data/sha256.hpp"
+
+using aiayn::data::Sha256;
+using aiayn::data::sha256_hex;
+
+TEST(Sha256, KnownAnswers) {
+  EXPECT_EQ(sha256_hex(""), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  EXPECT_EQ(sha256_hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(sha256_hex("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+  EXPECT_EQ(sha256_hex(std::string(1000000, 'a')),
+            "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST(Sha256, ChunkedEqualsWhole) {
+  std::string data;
+  for (int i = 0; i < 1000; ++i) data += char(i * 7 + 3);
+  for (size_t chunk : {1, 3, 55, 56, 63, 64, 65, 127, 999}) {
+    Sha256 h;
+    for (size_t at = 0; at < data.size(); at += chunk) h.update(data.substr(at, chunk));
+    EXPECT_EQ(h.hex_digest(), sha256_hex(data)) << "chunk " << chunk;
+  }
+}
