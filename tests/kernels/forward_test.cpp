@@ -1,6 +1,7 @@
 // Forwards of the CPU op table against independent direct computations, plus the properties the rest of the
 // program relies on (dropout masks keyed by sentence, deterministic reductions, errors on bad input).
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <cmath>
 #include <limits>
@@ -348,6 +349,85 @@ TEST(SumSquares, ExactAndDeterministicAcrossChunks) {
   EXPECT_EQ(cpu::sum_squares(SumSquaresArgs<float>{r.data(), n}), first);
   cpu::scale(ScaleArgs<float>{x.data(), n, 0.5f});
   EXPECT_EQ(cpu::sum_squares(SumSquaresArgs<float>{x.data(), n}), want / 4);
+}
+
+// ---- float instantiations agree with double; results do not depend on the thread count --------------------
+
+TEST(FloatInstantiation, AttentionAndCrossEntropyAgreeWithDouble) {
+  const int B = 2, T = 7, H = 3, Dh = 5, D = H * Dh;
+  Rng rng(31);
+  const std::vector<double> qkv = rng.vec<double>(size_t(B) * T * 3 * D, -2, 2);
+  const std::vector<float> qkv_f(qkv.begin(), qkv.end());
+  const std::vector<int32_t> k_len = {7, 4};
+  const std::vector<int64_t> pair = {1, 2};
+  auto run = [&](const auto& buf, auto& out, auto& probs) {
+    using T_ = typename std::decay_t<decltype(buf)>::value_type;
+    AttentionShape<T_> s;
+    s.B = B, s.Tq = T, s.Tk = T, s.H = H, s.Dh = Dh, s.q_bstride = s.kv_bstride = long(T) * 3 * D;
+    s.q_stride = s.kv_stride = 3 * D, s.o_bstride = long(T) * D, s.o_stride = D, s.k_len = k_len.data();
+    s.causal = true, s.scale = float(1 / std::sqrt(double(Dh))), s.p_drop = 0.2f, s.pair = pair.data();
+    AttentionForward<T_> f;
+    f.shape = s, f.q = buf.data(), f.k = buf.data() + D, f.v = buf.data() + 2 * D, f.out = out.data();
+    f.probs = probs.data();
+    cpu::attention_forward(f);
+  };
+  std::vector<double> out(size_t(B) * T * D), probs(size_t(B) * H * T * T);
+  std::vector<float> out_f(out.size()), probs_f(probs.size());
+  run(qkv, out, probs);
+  run(qkv_f, out_f, probs_f);
+  // float: scores of |q.k| <= 20 carry ~2e-6 absolute error, softmax and the sum of <= 7 terms keep it ~1e-5.
+  for (size_t i = 0; i < out.size(); ++i) EXPECT_NEAR(out_f[i], out[i], 1e-4) << i;
+
+  const int N = 6, V = 50;
+  const std::vector<float> logits_f = rng.vec<float>(size_t(N) * V, -4, 4);
+  const std::vector<double> logits(logits_f.begin(), logits_f.end());  // the same values in both
+  const std::vector<int32_t> targets = {5, 0, 49, 7, 0, 1};
+  CrossEntropyArgs<double> cd;
+  cd.logits = logits.data(), cd.targets = targets.data(), cd.N = N, cd.V = V, cd.smoothing = 0.1f;
+  CrossEntropyArgs<float> cf;
+  cf.logits = logits_f.data(), cf.targets = targets.data(), cf.N = N, cf.V = V, cf.smoothing = 0.1f;
+  const CrossEntropyStats sd = cpu::cross_entropy(cd), sf = cpu::cross_entropy(cf);
+  EXPECT_NEAR(sf.loss, sd.loss, 1e-9);  // both accumulate in double from the same (float-exact) logits
+  EXPECT_EQ(sf.tokens, 4);
+  EXPECT_EQ(sf.correct, sd.correct);
+}
+
+TEST(Determinism, ReductionsDoNotDependOnThreadCount) {
+  Rng rng(37);
+  const int rows = 301, cols = 130, N = 40, V = 77;
+  const std::vector<float> dy = rng.vec<float>(size_t(rows) * cols), x = rng.vec<float>(size_t(rows) * cols);
+  const std::vector<float> logits = rng.vec<float>(size_t(N) * V, -3, 3);
+  std::vector<int32_t> targets(N);
+  for (auto& t : targets) t = rng.integer(0, V - 1);
+  const std::vector<float> big = rng.vec<float>(1 << 18);
+  auto all = [&] {
+    std::vector<double> r;
+    std::vector<float> db(cols, 0.0f);
+    cpu::bias_grad(BiasGrad<float>{dy.data(), db.data(), rows, cols});
+    r.insert(r.end(), db.begin(), db.end());
+    CrossEntropyArgs<float> a;
+    a.logits = logits.data(), a.targets = targets.data(), a.N = N, a.V = V, a.smoothing = 0.1f;
+    const CrossEntropyStats s = cpu::cross_entropy(a);
+    r.push_back(s.loss), r.push_back(s.nll);
+    r.push_back(cpu::sum_squares(SumSquaresArgs<float>{big.data(), big.size()}));
+    std::vector<float> mean(rows), rstd(rows), gamma(cols, 1.5f), dx(x.size()), dgamma(cols, 0.0f), dbeta(cols, 0.0f);
+    LayerNormBackward<float> ln;
+    for (int r0 = 0; r0 < rows; ++r0) mean[r0] = 0.1f, rstd[r0] = 2.0f;
+    ln.dy = dy.data(), ln.x = x.data(), ln.gamma = gamma.data(), ln.mean = mean.data(), ln.rstd = rstd.data();
+    ln.dx = dx.data(), ln.dgamma = dgamma.data(), ln.dbeta = dbeta.data(), ln.rows = rows, ln.cols = cols;
+    cpu::layer_norm_backward(ln);
+    r.insert(r.end(), dgamma.begin(), dgamma.end());
+    r.insert(r.end(), dbeta.begin(), dbeta.end());
+    return r;
+  };
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(1);
+  const std::vector<double> one = all();
+  omp_set_num_threads(3);
+  const std::vector<double> three = all();
+  omp_set_num_threads(saved);
+  ASSERT_EQ(one.size(), three.size());
+  for (size_t i = 0; i < one.size(); ++i) EXPECT_EQ(one[i], three[i]) << i;
 }
 
 }  // namespace
