@@ -1,0 +1,416 @@
+// Fused multi-head attention (forward and backward) with key-padding and causal masks and attention dropout.
+// The contract, masks and strides are in kernels/include/kernels/ops/attention.hpp; the CPU reference is
+// kernels/cpu/attention.cpp. Dimension letters: B sentences, Tq queries, Tk keys, H heads, Dh head width.
+//
+// Forward: one block per (query tile of kQTile rows, head, sentence); 4 warps, each owning kRowsPerWarp query
+// rows. Key/value tiles of 32 rows are staged in shared memory; lane j scores key j of the tile, the row runs
+// an online softmax (running max m, running sum l), and the output accumulates p * keep * v with lanes over
+// the head's channels (Dh <= 128: 4 channels per lane). out = acc / (l * (1 - p_drop)); lse = m + log l is
+// saved [B, H, Tq]. A row with no valid key writes out = 0 and lse = -inf.
+// Backward (nothing S x S touches global memory, no atomics, deterministic):
+//   delta[b, h, t] = sum_c dout * out                       (one warp per row)
+//   dq: blocks over query tiles; p = exp(s - lse) recomputed, dp = (dout . v) * keep / (1 - p_drop),
+//       ds = p (dp - delta), dq = scale * sum_j ds_j k_j
+//   dk, dv: blocks over key tiles, looping over query tiles: dv_j = sum_t p'_t dout_t,
+//       dk_j = scale * sum_t ds_t q_t. Every dk/dv row is owned by one warp: a fixed summation order.
+// Dropout masks use dropout_row_key(seed, step, pair[b], t, site) and channel h * Tk + j, as on the CPU.
+// Threads outside the valid range of Tq or Tk still take part in staging and barriers; no early returns
+// precede a __syncthreads.
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+#include "kernels/dropout_hash.hpp"
+#include "kernels/ops/attention.hpp"
+
+namespace aiayn::kernels {
+namespace {
+
+using cuda_detail::as_cuda;
+using cuda_detail::warp_max;
+using cuda_detail::warp_sum;
+
+constexpr int kWarps = 4;
+constexpr int kRowsPerWarp = 4;
+constexpr int kRowTile = kWarps * kRowsPerWarp;  // query rows (forward, dq) or key rows (dk, dv) per block
+constexpr int kColTile = 32;                     // keys (forward, dq) or queries (dk, dv) per staged tile
+constexpr int kMaxDh = 128;
+constexpr int kPerLane = kMaxDh / 32;
+
+// Everything the kernels need, by value (no CUDA types in the public header, so copy the shape here).
+struct Params {
+  int B, Tq, Tk, H, Dh;
+  long q_bstride, kv_bstride, o_bstride;
+  int q_stride, kv_stride, o_stride;
+  const int32_t* k_len;
+  bool causal;
+  float scale;
+  float p_drop;
+  const int64_t* pair;
+  uint64_t seed, step;
+  uint32_t site;
+};
+
+Params to_params(const AttentionShape<float>& s) {
+  return Params{s.B,         s.Tq,          s.Tk,      s.H,      s.Dh,     s.q_bstride, s.kv_bstride,
+                s.o_bstride, s.q_stride,    s.kv_stride, s.o_stride, s.k_len, s.causal,  s.scale,
+                s.p_drop,    s.pair,        s.seed,    s.step,   s.site};
+}
+
+__device__ __forceinline__ int valid_key_count(const Params& p, int b) {
+  const int k = p.k_len ? p.k_len[b] : p.Tk;
+  return k < 0 ? 0 : (k > p.Tk ? p.Tk : k);
+}
+
+// Stages rows [row0, row0 + rows) of a strided [T, channels] tensor's head slice into smem[r * pitch + d];
+// rows at or beyond `limit` are zero.
+__device__ __forceinline__ void stage_rows(float* smem, int pitch, const float* base, long bstride, int stride,
+                                           int b, int h, int Dh, int row0, int rows, int limit) {
+  for (int idx = threadIdx.x; idx < rows * Dh; idx += blockDim.x) {
+    const int r = idx / Dh, d = idx - r * Dh;
+    const int t = row0 + r;
+    smem[r * pitch + d] = t < limit ? base[b * bstride + long(t) * stride + h * Dh + d] : 0.0f;
+  }
+}
+
+__device__ __forceinline__ float dot_smem(const float* a, const float* b, int Dh) {
+  float acc = 0.0f;
+  for (int d = 0; d < Dh; ++d) acc += a[d] * b[d];
+  return acc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward. Shared: Q [kRowTile][Dh], K and V [kColTile][Dh + 1] (padding: lane j reads row j conflict-free).
+__global__ void attention_forward_kernel(Params p, const float* __restrict__ q, const float* __restrict__ k,
+                                         const float* __restrict__ v, float* __restrict__ out,
+                                         float* __restrict__ lse) {
+  extern __shared__ float smem[];
+  const int Dh = p.Dh, pitch = Dh + 1;
+  float* Qs = smem;
+  float* Ks = Qs + kRowTile * Dh;
+  float* Vs = Ks + kColTile * pitch;
+  const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * kRowTile;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int k_len = valid_key_count(p, b);
+  const int t_last = min(p.Tq, t0 + kRowTile) - 1;
+  const int n_keys = p.causal ? min(k_len, t_last + 1) : k_len;  // keys any row of this block can see
+  const bool dropout = p.p_drop > 0.0f;
+  const uint32_t channel0 = uint32_t(h) * uint32_t(p.Tk);
+
+  stage_rows(Qs, Dh, q, p.q_bstride, p.q_stride, b, h, Dh, t0, kRowTile, p.Tq);
+
+  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kPerLane];
+  uint64_t key[kRowsPerWarp];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    m[rr] = -INFINITY;
+    l[rr] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) acc[rr][i] = 0.0f;
+    const int t = t0 + warp * kRowsPerWarp + rr;
+    key[rr] = dropout ? dropout_row_key(p.seed, p.step, uint64_t(p.pair[b]), uint32_t(t), p.site) : 0;
+  }
+
+  for (int j0 = 0; j0 < n_keys; j0 += kColTile) {
+    __syncthreads();  // previous tile fully consumed (and Q staged, on the first pass)
+    stage_rows(Ks, pitch, k, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kColTile, n_keys);
+    stage_rows(Vs, pitch, v, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kColTile, n_keys);
+    __syncthreads();
+    const int j = j0 + lane;
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp * kRowsPerWarp + rr, t = t0 + r;
+      if (t >= p.Tq) continue;  // warp-uniform
+      const bool valid = j < n_keys && (!p.causal || j <= t);
+      const float s = valid ? dot_smem(Qs + r * Dh, Ks + lane * pitch, Dh) * p.scale : -INFINITY;
+      const float m_new = fmaxf(m[rr], warp_max(s));
+      if (m_new == -INFINITY) continue;  // no valid key yet (warp-uniform)
+      const float e = valid ? expf(s - m_new) : 0.0f;
+      const float correction = expf(m[rr] - m_new);  // 0 when m was -inf
+      l[rr] = l[rr] * correction + warp_sum(e);
+      m[rr] = m_new;
+      const float e_kept = (dropout && valid && !dropout_keep(key[rr], channel0 + uint32_t(j), p.p_drop)) ? 0.0f : e;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) acc[rr][i] *= correction;
+      for (int jj = 0; jj < kColTile; ++jj) {
+        const float pj = __shfl_sync(0xffffffffu, e_kept, jj);
+        if (pj == 0.0f) continue;  // warp-uniform
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < Dh) acc[rr][i] += pj * Vs[jj * pitch + d];
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int t = t0 + warp * kRowsPerWarp + rr;
+    if (t >= p.Tq) continue;
+    const float norm = l[rr] > 0.0f ? 1.0f / (l[rr] * (1.0f - p.p_drop)) : 0.0f;
+    float* o = out + b * p.o_bstride + long(t) * p.o_stride + h * Dh;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < Dh) o[d] = acc[rr][i] * norm;
+    }
+    if (lse && lane == 0) lse[(size_t(b) * p.H + h) * p.Tq + t] = l[rr] > 0.0f ? m[rr] + logf(l[rr]) : -INFINITY;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Backward, step 1: delta[b, h, t] = sum over the head's channels of dout * out. One warp per (b, t, h).
+__global__ void attention_delta_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ out,
+                                       float* __restrict__ delta) {
+  const long row = long(blockIdx.x) * kWarps + (threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (row >= long(p.B) * p.Tq * p.H) return;
+  const int h = int(row % p.H), t = int((row / p.H) % p.Tq), b = int(row / (long(p.H) * p.Tq));
+  const float* go = dout + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
+  const float* o = out + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
+  float acc = 0.0f;
+  for (int d = lane; d < p.Dh; d += 32) acc += go[d] * o[d];
+  acc = warp_sum(acc);
+  if (lane == 0) delta[(size_t(b) * p.H + h) * p.Tq + t] = acc;
+}
+
+// Backward, step 2: dq. Shared: Q, dO [kRowTile][Dh]; K, V [kColTile][Dh + 1].
+__global__ void attention_dq_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ q,
+                                    const float* __restrict__ k, const float* __restrict__ v,
+                                    const float* __restrict__ lse, const float* __restrict__ delta,
+                                    float* __restrict__ dq) {
+  extern __shared__ float smem[];
+  const int Dh = p.Dh, pitch = Dh + 1;
+  float* Qs = smem;
+  float* dOs = Qs + kRowTile * Dh;
+  float* Ks = dOs + kRowTile * Dh;
+  float* Vs = Ks + kColTile * pitch;
+  const int b = blockIdx.z, h = blockIdx.y, t0 = blockIdx.x * kRowTile;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int k_len = valid_key_count(p, b);
+  const int t_last = min(p.Tq, t0 + kRowTile) - 1;
+  const int n_keys = p.causal ? min(k_len, t_last + 1) : k_len;
+  const bool dropout = p.p_drop > 0.0f;
+  const float inv_keep = 1.0f / (1.0f - p.p_drop);
+  const uint32_t channel0 = uint32_t(h) * uint32_t(p.Tk);
+
+  stage_rows(Qs, Dh, q, p.q_bstride, p.q_stride, b, h, Dh, t0, kRowTile, p.Tq);
+  stage_rows(dOs, Dh, dout, p.o_bstride, p.o_stride, b, h, Dh, t0, kRowTile, p.Tq);
+
+  float acc[kRowsPerWarp][kPerLane], row_lse[kRowsPerWarp], row_delta[kRowsPerWarp];
+  uint64_t key[kRowsPerWarp];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int t = t0 + warp * kRowsPerWarp + rr;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) acc[rr][i] = 0.0f;
+    const size_t stat = (size_t(b) * p.H + h) * p.Tq + t;
+    row_lse[rr] = t < p.Tq ? lse[stat] : 0.0f;
+    row_delta[rr] = t < p.Tq ? delta[stat] : 0.0f;
+    key[rr] = dropout ? dropout_row_key(p.seed, p.step, uint64_t(p.pair[b]), uint32_t(t), p.site) : 0;
+  }
+
+  for (int j0 = 0; j0 < n_keys; j0 += kColTile) {
+    __syncthreads();
+    stage_rows(Ks, pitch, k, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kColTile, n_keys);
+    stage_rows(Vs, pitch, v, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kColTile, n_keys);
+    __syncthreads();
+    const int j = j0 + lane;
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp * kRowsPerWarp + rr, t = t0 + r;
+      if (t >= p.Tq) continue;  // warp-uniform
+      const bool valid = j < n_keys && (!p.causal || j <= t);
+      float ds = 0.0f;
+      if (valid) {
+        const float prob = expf(dot_smem(Qs + r * Dh, Ks + lane * pitch, Dh) * p.scale - row_lse[rr]);
+        float factor = 1.0f;
+        if (dropout) factor = dropout_keep(key[rr], channel0 + uint32_t(j), p.p_drop) ? inv_keep : 0.0f;
+        const float dp = dot_smem(dOs + r * Dh, Vs + lane * pitch, Dh) * factor;
+        ds = prob * (dp - row_delta[rr]);
+      }
+      for (int jj = 0; jj < kColTile; ++jj) {
+        const float dsj = __shfl_sync(0xffffffffu, ds, jj);
+        if (dsj == 0.0f) continue;  // warp-uniform
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < Dh) acc[rr][i] += dsj * Ks[jj * pitch + d];
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int t = t0 + warp * kRowsPerWarp + rr;
+    if (t >= p.Tq) continue;
+    float* g = dq + b * p.q_bstride + long(t) * p.q_stride + h * Dh;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < Dh) g[d] = acc[rr][i] * p.scale;
+    }
+  }
+}
+
+// Backward, step 3: dk and dv. Blocks over key tiles; shared: K, V [kRowTile][Dh]; Q, dO [kColTile][Dh + 1];
+// lse, delta [kColTile].
+__global__ void attention_dkdv_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ q,
+                                      const float* __restrict__ k, const float* __restrict__ v,
+                                      const float* __restrict__ lse, const float* __restrict__ delta,
+                                      float* __restrict__ dk, float* __restrict__ dv) {
+  extern __shared__ float smem[];
+  const int Dh = p.Dh, pitch = Dh + 1;
+  float* Ks = smem;
+  float* Vs = Ks + kRowTile * Dh;
+  float* Qs = Vs + kRowTile * Dh;
+  float* dOs = Qs + kColTile * pitch;
+  float* lse_s = dOs + kColTile * pitch;
+  float* delta_s = lse_s + kColTile;
+  const int b = blockIdx.z, h = blockIdx.y, j0 = blockIdx.x * kRowTile;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int k_len = valid_key_count(p, b);
+  const bool dropout = p.p_drop > 0.0f;
+  const float inv_keep = 1.0f / (1.0f - p.p_drop);
+  const uint32_t channel0 = uint32_t(h) * uint32_t(p.Tk);
+
+  stage_rows(Ks, Dh, k, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kRowTile, k_len);
+  stage_rows(Vs, Dh, v, p.kv_bstride, p.kv_stride, b, h, Dh, j0, kRowTile, k_len);
+
+  float gk[kRowsPerWarp][kPerLane], gv[kRowsPerWarp][kPerLane];
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr)
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) gk[rr][i] = gv[rr][i] = 0.0f;
+
+  // Queries before j0 cannot see any key of this block under the causal mask; none can when j0 >= k_len.
+  const int t_begin = p.causal ? j0 : 0;
+  const int t_end = j0 < k_len ? p.Tq : 0;
+  for (int tq0 = t_begin; tq0 < t_end; tq0 += kColTile) {
+    __syncthreads();
+    stage_rows(Qs, pitch, q, p.q_bstride, p.q_stride, b, h, Dh, tq0, kColTile, p.Tq);
+    stage_rows(dOs, pitch, dout, p.o_bstride, p.o_stride, b, h, Dh, tq0, kColTile, p.Tq);
+    if (threadIdx.x < kColTile) {
+      const int t = tq0 + threadIdx.x;
+      const size_t stat = (size_t(b) * p.H + h) * p.Tq + t;
+      lse_s[threadIdx.x] = t < p.Tq ? lse[stat] : 0.0f;
+      delta_s[threadIdx.x] = t < p.Tq ? delta[stat] : 0.0f;
+    }
+    __syncthreads();
+    const int t = tq0 + lane;  // this lane's query
+    const uint64_t key = dropout && t < p.Tq ? dropout_row_key(p.seed, p.step, uint64_t(p.pair[b]), uint32_t(t), p.site) : 0;
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp * kRowsPerWarp + rr, j = j0 + r;
+      if (j >= k_len) continue;  // warp-uniform; gradients stay 0
+      const bool valid = t < p.Tq && (!p.causal || j <= t);
+      float p_kept = 0.0f, ds = 0.0f;
+      if (valid) {
+        const float prob = expf(dot_smem(Qs + lane * pitch, Ks + r * Dh, Dh) * p.scale - lse_s[lane]);
+        float factor = 1.0f;
+        if (dropout) factor = dropout_keep(key, channel0 + uint32_t(j), p.p_drop) ? inv_keep : 0.0f;
+        const float dp = dot_smem(dOs + lane * pitch, Vs + r * Dh, Dh) * factor;
+        p_kept = prob * factor;
+        ds = prob * (dp - delta_s[lane]);
+      }
+      for (int tt = 0; tt < kColTile; ++tt) {
+        const float pt = __shfl_sync(0xffffffffu, p_kept, tt);
+        const float dst = __shfl_sync(0xffffffffu, ds, tt);
+        if (pt == 0.0f && dst == 0.0f) continue;  // warp-uniform
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < Dh) {
+            gv[rr][i] += pt * dOs[tt * pitch + d];
+            gk[rr][i] += dst * Qs[tt * pitch + d];
+          }
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int j = j0 + warp * kRowsPerWarp + rr;
+    if (j >= p.Tk) continue;
+    float* gkr = dk + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
+    float* gvr = dv + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < Dh) {
+        gkr[d] = gk[rr][i] * p.scale;
+        gvr[d] = gv[rr][i];
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+void check_shape(const AttentionShape<float>& s, const char* op) {
+  AIAYN_CHECK(s.B >= 0 && s.Tq >= 0 && s.Tk >= 0 && s.H > 0 && s.Dh > 0,
+              std::string(op) + ": bad shape (B, Tq, Tk must be non-negative, H and Dh positive)");
+  AIAYN_CHECK(s.Dh <= kMaxDh, std::string(op) + " (cuda): head width " + std::to_string(s.Dh) +
+                                  " exceeds the supported maximum " + std::to_string(kMaxDh));
+  AIAYN_CHECK(s.H <= 65535 && s.B <= 65535, std::string(op) + " (cuda): B and H must be at most 65535");
+  AIAYN_CHECK(s.p_drop == 0.0f || s.pair != nullptr, std::string(op) + ": attention dropout needs pair indices");
+  AIAYN_CHECK(s.p_drop >= 0.0f && s.p_drop < 1.0f, std::string(op) + ": attention dropout must lie in [0, 1)");
+}
+
+template <class Kernel>
+void allow_shared(Kernel kernel, size_t bytes) {
+  if (bytes > 48 * 1024)
+    AIAYN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
+}
+
+}  // namespace
+
+namespace cuda {
+
+void attention_forward(const AttentionForward<float>& a, Stream s) {
+  const AttentionShape<float>& sh = a.shape;
+  check_shape(sh, "attention_forward");
+  if (sh.B == 0 || sh.Tq == 0) return;
+  const Params p = to_params(sh);
+  const size_t smem = sizeof(float) * (size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
+  allow_shared(attention_forward_kernel, smem);
+  const dim3 grid((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
+  attention_forward_kernel<<<grid, kWarps * 32, smem, as_cuda(s)>>>(p, a.q, a.k, a.v, a.out, a.lse);
+  AIAYN_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+}
+
+void attention_backward(const AttentionBackward<float>& a, Stream s) {
+  const AttentionShape<float>& sh = a.shape;
+  check_shape(sh, "attention_backward");
+  AIAYN_CHECK(a.lse != nullptr && a.out != nullptr,
+              "attention_backward (cuda): needs the forward output and the lse saved by the forward pass");
+  if (sh.B == 0) return;
+  const cudaStream_t st = as_cuda(s);
+  const Params p = to_params(sh);
+  float* delta = nullptr;
+  const size_t rows = size_t(sh.B) * sh.H * sh.Tq;
+  if (rows > 0) {
+    AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&delta), rows * sizeof(float), st));
+    attention_delta_kernel<<<unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, st>>>(p, a.dout, a.out, delta);
+    AIAYN_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+    const size_t smem_dq = sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
+    allow_shared(attention_dq_kernel, smem_dq);
+    const dim3 grid_q((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
+    attention_dq_kernel<<<grid_q, kWarps * 32, smem_dq, st>>>(p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dq);
+    AIAYN_CUDA_CHECK_LAUNCH("attention_dq_kernel");
+  }
+  if (sh.Tk > 0) {
+    const size_t smem_kv =
+        sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1) + 2 * kColTile);
+    allow_shared(attention_dkdv_kernel, smem_kv);
+    const dim3 grid_k((sh.Tk + kRowTile - 1) / kRowTile, sh.H, sh.B);
+    attention_dkdv_kernel<<<grid_k, kWarps * 32, smem_kv, st>>>(p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dk, a.dv);
+    AIAYN_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
+  }
+  if (delta) AIAYN_CUDA_CHECK(cudaFreeAsync(delta, st));
+}
+
+}  // namespace cuda
+}  // namespace aiayn::kernels

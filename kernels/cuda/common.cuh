@@ -1,0 +1,63 @@
+#pragma once
+// Shared by every CUDA translation unit of the op table: the one CUDA check macro, the Stream cast, grid
+// sizing and deterministic warp/block reductions.
+//
+// Invariants: launchers take the opaque Stream last and cast it with as_cuda(); every CUDA runtime call and
+// every launch is checked with AIAYN_CUDA_CHECK (throws aiayn::Error with file, line and CUDA's message).
+// Reductions here combine values in a fixed tree order, so results do not depend on timing.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <string>
+
+#include "aiayn/error.hpp"
+#include "kernels/device.hpp"
+
+#define AIAYN_CUDA_CHECK(expr)                                                                              \
+  do {                                                                                                      \
+    const cudaError_t aiayn_cuda_err_ = (expr);                                                             \
+    if (aiayn_cuda_err_ != cudaSuccess)                                                                     \
+      throw ::aiayn::Error(std::string("CUDA error in ") + #expr + ": " + cudaGetErrorString(aiayn_cuda_err_), \
+                           __FILE__, __LINE__);                                                             \
+  } while (0)
+
+// After a <<<...>>> launch: configuration errors surface here (execution errors at the next sync).
+#define AIAYN_CUDA_CHECK_LAUNCH(what) AIAYN_CUDA_CHECK((static_cast<void>(what), cudaGetLastError()))
+
+namespace aiayn::kernels::cuda_detail {
+
+inline cudaStream_t as_cuda(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// Blocks for a grid-stride loop over n elements (capped: the loop covers the rest).
+inline unsigned grid_for(size_t n, int threads, unsigned cap = 65535u * 8u) {
+  const size_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(blocks == 0 ? 1 : (blocks < cap ? blocks : cap));
+}
+
+template <class T>
+__device__ __forceinline__ T warp_sum(T v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+  return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the result.
+// `scratch` holds 32 values. Fixed order: warp butterflies, then warp 0 over the warp sums.
+template <class T>
+__device__ T block_sum(T v, T* scratch) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // scratch may still be read by a previous call
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : T(0);
+  return warp_sum(v);
+}
+
+}  // namespace aiayn::kernels::cuda_detail

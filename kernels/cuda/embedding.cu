@@ -1,0 +1,136 @@
+// Token embedding (scaled by `scale`) plus sinusoidal positions, and its backward into the shared table.
+//   forward:  out[n, c] = table[ids[n], c] * scale + PE(pos(n), c)        one block per token row
+//   backward: dtable[ids[n], c] += dout[n, c] * scale                      deterministic, see below
+// Shapes: ids [N], table/dtable [V, D], out/dout [N, D].
+//
+// Both ops validate ids on the device and synchronise the stream to report the first bad one (the contract
+// says ids are checked and a bad id throws); the cost is one small copy per call.
+// Backward is deterministic without float atomics: a stable radix sort (CUB) groups token indices by id
+// keeping the original order; one block per group walks its tokens in that order and adds into its row, so
+// each row of dtable receives exactly the sequence of additions the CPU reference performs.
+// Products use __fmul_rn so that nvcc does not contract them into FMAs (bit parity with the CPU for the
+// table term; the sinusoid differs from the host only by the math libraries' last-place errors).
+#include <cub/device/device_radix_sort.cuh>
+
+#include <climits>
+#include <cstdint>
+#include <string>
+
+#include "common.cuh"
+#include "kernels/ops/embedding.hpp"
+#include "kernels/positional.hpp"
+
+namespace aiayn::kernels {
+namespace {
+
+using cuda_detail::as_cuda;
+constexpr int kThreads = 128;
+
+// first_bad = min n with ids[n] outside [0, V).
+__global__ void find_bad_id_kernel(const int32_t* __restrict__ ids, int N, int V, int* __restrict__ first_bad) {
+  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x)
+    if (ids[n] < 0 || ids[n] >= V) atomicMin(first_bad, n);  // integer min: order-independent
+}
+
+__global__ void embed_forward_kernel(const int32_t* __restrict__ ids, const float* __restrict__ table,
+                                     float* __restrict__ out, const int32_t* __restrict__ positions, int D, int V,
+                                     int seq_len, float scale, bool add_positions) {
+  const int n = blockIdx.x;
+  const int id = ids[n];
+  if (id < 0 || id >= V) return;  // reported by find_bad_id_kernel
+  const int pos = positions ? positions[n] : n % seq_len;
+  const float* emb = table + size_t(id) * D;  // [D]
+  float* o = out + size_t(n) * D;             // [D]
+  for (int c = threadIdx.x; c < D; c += blockDim.x)
+    o[c] = __fmul_rn(emb[c], scale) + (add_positions ? sinusoid(pos, c, D) : 0.0f);
+}
+
+__global__ void iota_kernel(int32_t* __restrict__ x, int N) {
+  for (int n = blockIdx.x * blockDim.x + threadIdx.x; n < N; n += gridDim.x * blockDim.x) x[n] = n;
+}
+
+// One block per sorted position i; only the first position of each run of equal ids does the work.
+__global__ void embed_backward_kernel(const int32_t* __restrict__ sorted_ids, const int32_t* __restrict__ order,
+                                      const float* __restrict__ dout, float* __restrict__ dtable, int N, int D,
+                                      float scale) {
+  const int i = blockIdx.x;
+  const int id = sorted_ids[i];
+  if (i > 0 && sorted_ids[i - 1] == id) return;
+  int end = i + 1;
+  while (end < N && sorted_ids[end] == id) ++end;
+  float* row = dtable + size_t(id) * D;  // [D]
+  for (int c = threadIdx.x; c < D; c += blockDim.x) {
+    float acc = row[c];
+    for (int k = i; k < end; ++k) acc += __fmul_rn(dout[size_t(order[k]) * D + c], scale);
+    row[c] = acc;
+  }
+}
+
+// Launches the id check on `st`, runs `work` (more launches on st), then synchronises and throws on a bad id.
+template <class Work>
+void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char* op, Work work) {
+  int* first_bad = nullptr;
+  AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&first_bad), sizeof(int), st));
+  AIAYN_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f > any N
+  find_bad_id_kernel<<<cuda_detail::grid_for(N, 256, 1024), 256, 0, st>>>(ids, N, V, first_bad);
+  AIAYN_CUDA_CHECK_LAUNCH(op);
+  int host_bad = INT_MAX;
+  AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host_bad, first_bad, sizeof(int), cudaMemcpyDeviceToHost, st));
+  AIAYN_CUDA_CHECK(cudaFreeAsync(first_bad, st));
+  AIAYN_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (host_bad < N) {
+    int32_t bad_id = 0;
+    AIAYN_CUDA_CHECK(cudaMemcpy(&bad_id, ids + host_bad, sizeof(int32_t), cudaMemcpyDeviceToHost));
+    AIAYN_FAIL(std::string(op) + ": token id " + std::to_string(bad_id) + " at index " + std::to_string(host_bad) +
+               " is outside the vocabulary [0, " + std::to_string(V) + ")");
+  }
+  work();
+}
+
+}  // namespace
+
+namespace cuda {
+
+void embed_forward(const EmbedForward<float>& a, Stream s) {
+  AIAYN_CHECK(a.N >= 0 && a.D >= 0 && a.V > 0, "embed_forward: bad shape");
+  AIAYN_CHECK(a.positions || a.seq_len > 0, "embed_forward: seq_len must be positive");
+  if (a.N == 0 || a.D == 0) return;
+  const cudaStream_t st = as_cuda(s);
+  with_id_check(a.ids, a.N, a.V, st, "embed_forward", [&] {
+    embed_forward_kernel<<<a.N, kThreads, 0, st>>>(a.ids, a.table, a.out, a.positions, a.D, a.V, a.seq_len, a.scale,
+                                                   a.add_positions);
+    AIAYN_CUDA_CHECK_LAUNCH("embed_forward_kernel");
+  });
+}
+
+void embed_backward(const EmbedBackward<float>& a, Stream s) {
+  AIAYN_CHECK(a.N >= 0 && a.D >= 0 && a.V > 0, "embed_backward: bad shape");
+  if (a.N == 0 || a.D == 0) return;
+  const cudaStream_t st = as_cuda(s);
+  with_id_check(a.ids, a.N, a.V, st, "embed_backward", [&] {
+    int end_bit = 1;
+    while (end_bit < 31 && (int64_t(1) << end_bit) < a.V) ++end_bit;  // ids < V < 2^end_bit
+    size_t cub_bytes = 0;
+    AIAYN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, static_cast<const int32_t*>(nullptr),
+                                                     static_cast<int32_t*>(nullptr),
+                                                     static_cast<const int32_t*>(nullptr),
+                                                     static_cast<int32_t*>(nullptr), a.N, 0, end_bit, st));
+    const size_t ints = size_t(a.N) * 3;  // sorted ids, token order in, token order out
+    char* scratch = nullptr;
+    AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), ints * sizeof(int32_t) + cub_bytes, st));
+    int32_t* sorted_ids = reinterpret_cast<int32_t*>(scratch);
+    int32_t* order_in = sorted_ids + a.N;
+    int32_t* order = order_in + a.N;
+    void* cub_tmp = scratch + ints * sizeof(int32_t);
+    iota_kernel<<<cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st>>>(order_in, a.N);
+    AIAYN_CUDA_CHECK_LAUNCH("iota_kernel");
+    AIAYN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, 0,
+                                                     end_bit, st));
+    embed_backward_kernel<<<a.N, kThreads, 0, st>>>(sorted_ids, order, a.dout, a.dtable, a.N, a.D, a.scale);
+    AIAYN_CUDA_CHECK_LAUNCH("embed_backward_kernel");
+    AIAYN_CUDA_CHECK(cudaFreeAsync(scratch, st));
+  });
+}
+
+}  // namespace cuda
+}  // namespace aiayn::kernels

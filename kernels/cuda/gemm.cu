@@ -1,0 +1,257 @@
+// Row-major GEMM through cuBLASLt, and the epilogue helpers (relu_backward, bias_grad, add).
+//
+//   C[m, n] = act(alpha * op(A) @ op(B) + beta * C + bias[n])          fp32 in, fp32 out, CUBLAS_COMPUTE_32F
+//
+// Row-major is handled by swapping operands: a row-major X with leading dimension ld is the column-major X^T
+// with the same ld, so cuBLASLt computes the column-major C^T [n, m] = op(B)^T @ op(A)^T. The bias then runs
+// along the rows of the column-major result, which is what CUBLASLT_EPILOGUE_BIAS broadcasts.
+// Bias and ReLU go through the epilogue when beta == 0 and the bias pointer is 16-byte aligned; otherwise a
+// small kernel applies them after the product (beta != 0 would otherwise need the epilogue to see C).
+// One cuBLASLt handle per device and one 32 MiB workspace per (device, stream), created on first use and
+// kept for the life of the process; the chosen algorithm is cached per problem description.
+// bias_grad reduces columns in two fixed-order passes (row chunks, then the chunk sums): deterministic.
+#include <cublasLt.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+
+#include "common.cuh"
+#include "kernels/ops/gemm.hpp"
+
+#define AIAYN_CUBLAS_CHECK(expr)                                                                              \
+  do {                                                                                                        \
+    const cublasStatus_t aiayn_cublas_st_ = (expr);                                                           \
+    if (aiayn_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                            \
+      throw ::aiayn::Error(std::string("cuBLASLt error in ") + #expr + ": " +                                 \
+                               cublasLtGetStatusName(aiayn_cublas_st_) + " (" +                               \
+                               cublasLtGetStatusString(aiayn_cublas_st_) + ")",                               \
+                           __FILE__, __LINE__);                                                               \
+  } while (0)
+
+namespace aiayn::kernels {
+namespace {
+
+using cuda_detail::as_cuda;
+using cuda_detail::grid_for;
+
+constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+
+struct LtContext {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+};
+
+// Key: one entry per (device, stream); never destroyed (handles live as long as the process).
+LtContext lt_context(cudaStream_t st) {
+  static std::mutex mu;
+  static std::map<std::pair<int, cudaStream_t>, LtContext> contexts;
+  static std::map<int, cublasLtHandle_t> handles;
+  int dev = 0;
+  AIAYN_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = contexts.find({dev, st});
+  if (it != contexts.end()) return it->second;
+  cublasLtHandle_t& h = handles[dev];
+  if (!h) AIAYN_CUBLAS_CHECK(cublasLtCreate(&h));
+  LtContext ctx;
+  ctx.handle = h;
+  AIAYN_CUDA_CHECK(cudaMalloc(&ctx.workspace, kWorkspaceBytes));
+  contexts[{dev, st}] = ctx;
+  return ctx;
+}
+
+int alignment_bytes(const void* p, long ld_elems) {
+  const auto addr = reinterpret_cast<uintptr_t>(p);
+  int align = 256;
+  while (align > 4 && ((addr % align) != 0 || ((ld_elems * 4) % align) != 0)) align >>= 1;
+  return align;
+}
+
+// RAII for the cuBLASLt descriptors of one call.
+struct MatmulDescs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulPreference_t pref = nullptr;
+  ~MatmulDescs() {
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+// c[r, col] = act((beta == 0 ? 0 : beta * c[r, col]) + bias[col]) over an [m, n] matrix with row stride ldc.
+__global__ void bias_act_kernel(float* __restrict__ c, int m, int n, int ldc, float beta,
+                                const float* __restrict__ bias, bool relu) {
+  const size_t total = size_t(m) * n;
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
+    const int r = static_cast<int>(i / n), col = static_cast<int>(i % n);
+    float& x = c[size_t(r) * ldc + col];
+    float v = beta == 0.0f ? 0.0f : beta * x;
+    if (bias) v += bias[col];
+    x = relu ? fmaxf(v, 0.0f) : v;
+  }
+}
+
+void launch_bias_act(float* c, int m, int n, int ldc, float beta, const float* bias, bool relu, cudaStream_t st) {
+  bias_act_kernel<<<grid_for(size_t(m) * n, 256), 256, 0, st>>>(c, m, n, ldc, beta, bias, relu);
+  AIAYN_CUDA_CHECK_LAUNCH("bias_act_kernel");
+}
+
+__global__ void relu_backward_kernel(const float* __restrict__ y, const float* dy, float* dx, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+__global__ void add_kernel(const float* a, const float* b, float* y, size_t n) {
+  for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    y[i] = a[i] + b[i];
+}
+
+// bias_grad pass 1: block (column tile of 32, row chunk) -> partial[chunk, col], rows summed in order by
+// each of 8 row lanes, then the 8 lanes in order.
+constexpr int kColTile = 32, kRowLanes = 8, kRowChunk = 256;
+__global__ void column_sum_partial_kernel(const float* __restrict__ dy, float* __restrict__ partial, int rows,
+                                          int cols) {
+  __shared__ float sums[kRowLanes][kColTile];
+  const int col = blockIdx.x * kColTile + threadIdx.x;
+  const int r0 = blockIdx.y * kRowChunk, r1 = min(rows, r0 + kRowChunk);
+  float acc = 0.0f;
+  if (col < cols)
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += dy[size_t(r) * cols + col];
+  sums[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && col < cols) {
+    float total = 0.0f;
+    for (int l = 0; l < kRowLanes; ++l) total += sums[l][threadIdx.x];
+    partial[size_t(blockIdx.y) * cols + col] = total;
+  }
+}
+
+// bias_grad pass 2: db[col] += sum over chunks in order.
+__global__ void column_sum_final_kernel(const float* __restrict__ partial, float* __restrict__ db, int chunks,
+                                        int cols) {
+  const int col = blockIdx.x * blockDim.x + threadIdx.x;
+  if (col >= cols) return;
+  float total = 0.0f;
+  for (int ch = 0; ch < chunks; ++ch) total += partial[size_t(ch) * cols + col];
+  db[col] += total;
+}
+
+}  // namespace
+
+namespace cuda {
+
+void gemm(const GemmArgs<float>& g, Stream s) {
+  AIAYN_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0, "gemm: negative dimension");
+  if (g.m == 0 || g.n == 0) return;
+  const cudaStream_t st = as_cuda(s);
+  if (g.k == 0) {  // empty product: C = act(beta * C + bias)
+    launch_bias_act(g.c, g.m, g.n, g.ldc, g.beta, g.bias, g.relu, st);
+    return;
+  }
+  const bool epilogue_ok = g.beta == 0.0f && (!g.bias || reinterpret_cast<uintptr_t>(g.bias) % 16 == 0);
+  const bool use_epilogue = epilogue_ok && (g.bias || g.relu);
+  cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+  if (use_epilogue)
+    epilogue = g.bias ? (g.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS) : CUBLASLT_EPILOGUE_RELU;
+
+  const LtContext ctx = lt_context(st);
+  MatmulDescs d;
+  AIAYN_CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  // Column-major view: first operand comes from B, second from A (see the file comment).
+  const cublasOperation_t op_first = g.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = g.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)));
+  AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &op_second, sizeof(op_second)));
+  AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  if (use_epilogue && g.bias) {
+    const void* bias = g.bias;
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    AIAYN_CUBLAS_CHECK(
+        cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
+  }
+  // Layouts describe the stored (pre-op) matrices in column-major terms.
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, CUDA_R_32F, g.trans_b ? g.k : g.n, g.trans_b ? g.n : g.k, g.ldb));
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_32F, g.trans_a ? g.m : g.k, g.trans_a ? g.k : g.m, g.lda));
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, CUDA_R_32F, g.n, g.m, g.ldc));
+
+  // Algorithm cache: the heuristic depends only on the problem description and pointer alignments.
+  const int align_a = alignment_bytes(g.b, g.ldb), align_b = alignment_bytes(g.a, g.lda),
+            align_c = alignment_bytes(g.c, g.ldc);
+  int dev = 0;
+  AIAYN_CUDA_CHECK(cudaGetDevice(&dev));
+  const std::array<long, 13> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
+                                    long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f};
+  static std::mutex mu;
+  static std::map<std::array<long, 13>, cublasLtMatmulAlgo_t> algos;
+  cublasLtMatmulAlgo_t algo{};
+  bool cached = false;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = algos.find(key);
+    if (it != algos.end()) {
+      algo = it->second;
+      cached = true;
+    }
+  }
+  if (!cached) {
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
+    const size_t ws = kWorkspaceBytes;
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                            sizeof(ws)));
+    const uint32_t aa = align_a, ab = align_b, ac = align_c;
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa, sizeof(aa)));
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)));
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found));
+    AIAYN_CHECK(found > 0, "gemm: cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" +
+                               std::to_string(g.n) + " k=" + std::to_string(g.k));
+    algo = result.algo;
+    std::lock_guard<std::mutex> lock(mu);
+    algos[key] = algo;
+  }
+  const float alpha = g.alpha, beta = g.beta;
+  AIAYN_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, d.op, &alpha, g.b, d.a, g.a, d.b, &beta, g.c, d.c, g.c, d.c, &algo,
+                                    ctx.workspace, kWorkspaceBytes, st));
+  if ((g.bias || g.relu) && !use_epilogue) launch_bias_act(g.c, g.m, g.n, g.ldc, 1.0f, g.bias, g.relu, st);
+}
+
+void relu_backward(const ReluBackward<float>& a, Stream s) {
+  if (a.n == 0) return;
+  relu_backward_kernel<<<grid_for(a.n, 256), 256, 0, as_cuda(s)>>>(a.y, a.dy, a.dx, a.n);
+  AIAYN_CUDA_CHECK_LAUNCH("relu_backward_kernel");
+}
+
+void bias_grad(const BiasGrad<float>& a, Stream s) {
+  AIAYN_CHECK(a.rows >= 0 && a.cols >= 0, "bias_grad: bad shape");
+  if (a.rows == 0 || a.cols == 0) return;
+  const cudaStream_t st = as_cuda(s);
+  const int chunks = (a.rows + kRowChunk - 1) / kRowChunk;
+  AIAYN_CHECK(chunks <= 65535, "bias_grad: too many rows (" + std::to_string(a.rows) + ")");
+  float* partial = nullptr;
+  AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(chunks) * a.cols * sizeof(float), st));
+  const dim3 grid((a.cols + kColTile - 1) / kColTile, chunks);
+  column_sum_partial_kernel<<<grid, dim3(kColTile, kRowLanes), 0, st>>>(a.dy, partial, a.rows, a.cols);
+  AIAYN_CUDA_CHECK_LAUNCH("column_sum_partial_kernel");
+  column_sum_final_kernel<<<(a.cols + 255) / 256, 256, 0, st>>>(partial, a.db, chunks, a.cols);
+  AIAYN_CUDA_CHECK_LAUNCH("column_sum_final_kernel");
+  AIAYN_CUDA_CHECK(cudaFreeAsync(partial, st));
+}
+
+void add(const AddArgs<float>& a, Stream s) {
+  if (a.n == 0) return;
+  add_kernel<<<grid_for(a.n, 256), 256, 0, as_cuda(s)>>>(a.a, a.b, a.y, a.n);
+  AIAYN_CUDA_CHECK_LAUNCH("add_kernel");
+}
+
+}  // namespace cuda
+}  // namespace aiayn::kernels

@@ -1,0 +1,77 @@
+// Device discovery and memory for the CUDA backend (declared in kernels/cpu/device.cpp, namespace
+// cuda_runtime). Any CUDA error while counting devices means "no GPU": the answer is 0 with CUDA's reason.
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "common.cuh"
+#include "kernels/device.hpp"
+
+namespace aiayn::kernels::cuda_runtime {
+
+using cuda_detail::as_cuda;
+
+int device_count(std::string* why) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky error so later calls start clean
+    if (why) *why = std::string("cudaGetDeviceCount: ") + cudaGetErrorString(err);
+    return 0;
+  }
+  if (count <= 0) {
+    if (why) *why = "the CUDA runtime reports no devices";
+    return 0;
+  }
+  return count;
+}
+
+void set_device(int index) {
+  AIAYN_CUDA_CHECK(cudaSetDevice(index));
+  AIAYN_CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+void synchronize() { AIAYN_CUDA_CHECK(cudaDeviceSynchronize()); }
+
+void* alloc(size_t bytes) {
+  void* p = nullptr;
+  if (bytes == 0) return nullptr;
+  const cudaError_t err = cudaMalloc(&p, bytes);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    AIAYN_FAIL("cudaMalloc of " + std::to_string(bytes) + " bytes failed: " + cudaGetErrorString(err));
+  }
+  AIAYN_CUDA_CHECK(cudaMemset(p, 0, bytes));
+  return p;
+}
+
+void free(void* p) noexcept {
+  if (p) (void)cudaFree(p);  // errors here (e.g. a dead context at exit) cannot be acted on
+}
+
+void zero(void* p, size_t bytes, Stream s) { AIAYN_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, as_cuda(s))); }
+
+namespace {
+bool on_device(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+}  // namespace
+
+// cudaMemcpyDefault: unified addressing knows the direction. A copy that touches host memory completes
+// before returning (the caller may read or free the host buffer); device-to-device copies stay async.
+void copy(void* dst, const void* src, size_t bytes, Stream s) {
+  if (bytes == 0) return;
+  if (s == nullptr) {
+    AIAYN_CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyDefault));
+    return;
+  }
+  AIAYN_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, as_cuda(s)));
+  if (!on_device(dst) || !on_device(src)) AIAYN_CUDA_CHECK(cudaStreamSynchronize(as_cuda(s)));
+}
+
+}  // namespace aiayn::kernels::cuda_runtime
