@@ -165,8 +165,13 @@ std::string read_latest(const std::string& dir) {
 }  // namespace
 
 std::string save_checkpoint(const std::string& dir, const SaveRequest& request) {
-  check_same_layout(request.model, request.adam_m, "adam_m");
-  check_same_layout(request.model, request.adam_v, "adam_v");
+  // Optimizer state: both absent (a model-only file) or both mirroring the model.
+  AIAYN_CHECK(request.adam_m.empty() == request.adam_v.empty(),
+              "save_checkpoint: adam_m and adam_v must be both given or both empty");
+  if (!request.adam_m.empty()) {
+    check_same_layout(request.model, request.adam_m, "adam_m");
+    check_same_layout(request.model, request.adam_v, "adam_v");
+  }
   const std::string name = step_file_name(request.meta.step);
   std::error_code ec;
   fs::create_directories(dir, ec);
