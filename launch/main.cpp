@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   // [commands]
   add_bleu_command(app, ctx);
   add_prepare_command(app, ctx);
+  add_average_command(app, ctx);
   // [/commands]
   try {
     app.parse(argc, argv);
