@@ -16,7 +16,10 @@ void quiet() {
 namespace {
 herr_t collect_error(unsigned, const H5E_error2_t* e, void* out) {
   auto* lines = static_cast<std::vector<std::string>*>(out);
-  if (e->desc != nullptr && *e->desc != '\0') lines->push_back(e->desc);
+  if (e->desc == nullptr || *e->desc == '\0') return 0;
+  std::string line = e->desc;
+  std::replace(line.begin(), line.end(), '\n', ' ');  // some HDF5 messages embed newlines
+  lines->push_back(line);
   return 0;
 }
 }  // namespace
