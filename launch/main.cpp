@@ -20,8 +20,10 @@ int main(int argc, char** argv) {
   // Registration, one line per subcommand (cmd_<name>.cpp).
   // [commands]
   add_bleu_command(app, ctx);
-  add_prepare_command(app, ctx);
   add_average_command(app, ctx);
+  add_train_command(app, ctx);
+  add_bench_command(app, ctx);
+  add_prepare_command(app, ctx);
   // [/commands]
   try {
     app.parse(argc, argv);

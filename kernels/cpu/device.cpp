@@ -3,6 +3,10 @@
 #include <cstring>
 #include <new>
 
+#include <omp.h>
+
+#include "blas.hpp"
+
 #include "kernels/device.hpp"
 #include "kernels/memory.hpp"
 
@@ -44,6 +48,16 @@ void cuda_synchronize() {
   cuda_runtime::synchronize();
 #endif
 }
+
+void set_cpu_threads(int n) {
+  AIAYN_CHECK(n >= 1, "set_cpu_threads: need at least one thread");
+  omp_set_num_threads(n);
+  cpu::blas_set_threads(n);
+}
+
+int cpu_threads() { return omp_get_max_threads(); }
+
+std::string cpu_backend_description() { return cpu::blas_description(); }
 
 void* device_alloc(Device d, size_t bytes) {
   if (d == Device::CUDA) {

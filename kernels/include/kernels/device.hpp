@@ -29,6 +29,12 @@ int cuda_device_count(std::string* why = nullptr);
 void cuda_set_device(int index);
 void cuda_synchronize();
 
+// Threads the CPU backend uses per process (OpenMP loops and BLAS); n >= 1.
+void set_cpu_threads(int n);
+int cpu_threads();
+// One line for logs: the BLAS library and core type in use.
+std::string cpu_backend_description();
+
 [[noreturn]] inline void no_cuda_backend(const char* op) {
   AIAYN_FAIL(std::string("op '") + op + "' was asked to run on CUDA, but this build has no CUDA backend");
 }

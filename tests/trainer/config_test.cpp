@@ -1,0 +1,85 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <functional>
+
+#include "aiayn/error.hpp"
+#include "test_env.hpp"
+#include "trainer/config.hpp"
+#include "trainer/schedule.hpp"
+
+namespace aiayn::trainer {
+namespace {
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const aiayn::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Config, PresetsLoadAndSmallMatchesTheIssue) {
+  for (const char* p : {"tiny", "small", "base", "big"}) {
+    const std::string path = testing::source_dir() + "/launch/configs/" + p + ".yaml";
+    EXPECT_NO_THROW(Config::load(path)) << path;
+  }
+  const Config s = Config::load(testing::source_dir() + "/launch/configs/small.yaml");
+  EXPECT_EQ(s.model.layers, 3);
+  EXPECT_EQ(s.model.d_model, 256);
+  EXPECT_EQ(s.model.heads, 4);
+  EXPECT_EQ(s.model.d_ff, 1024);
+  const Config b = Config::load(testing::source_dir() + "/launch/configs/base.yaml");
+  EXPECT_EQ(b.model.d_model, 512);
+  EXPECT_EQ(b.train.warmup, 4000);
+  EXPECT_DOUBLE_EQ(b.train.adam_beta2, 0.98);
+  EXPECT_DOUBLE_EQ(b.train.adam_eps, 1e-9);
+  EXPECT_EQ(b.checkpoint.average_last, 5);
+  EXPECT_EQ(Config::load(testing::source_dir() + "/launch/configs/big.yaml").checkpoint.average_last, 20);
+}
+
+TEST(Config, OverridesApplyAndRoundTrip) {
+  const Config c = Config::parse("model:\n  d_model: 64\n  heads: 4\n", "inline",
+                                 {"train.max_steps=17", "model.pre_norm=true", "device=cpu"});
+  EXPECT_EQ(c.train.max_steps, 17);
+  EXPECT_TRUE(c.model.pre_norm);
+  EXPECT_EQ(c.device, "cpu");
+  const Config again = Config::parse(c.to_yaml(), "resolved");
+  EXPECT_EQ(again.to_yaml(), c.to_yaml());
+  EXPECT_EQ(again.hash(), c.hash());
+}
+
+TEST(Config, BadValuesNameTheKey) {
+  EXPECT_NE(error_of([] { Config::parse("model:\n  d_modle: 3\n", "f.yaml"); }).find("'model.d_modle'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.warmup=-1"}); }).find("'train.warmup'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.lr_scale=abc"}); }).find("'train.lr_scale'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"model.heads=7"}); }).find("'model.heads'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"device=tpu"}); }).find("'device'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"nonsense"}); }).find("nonsense"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("model: [1, 2\n", "broken.yaml"); }).find("broken.yaml"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::load("/nonexistent/x.yaml"); }).find("/nonexistent/x.yaml"), std::string::npos);
+}
+
+TEST(Config, ArchitectureDifferenceNamesTheKey) {
+  const Config a = Config::parse("", "a");
+  EXPECT_EQ(a.architecture_difference(Config::parse("", "b", {"train.max_steps=5"})), "");
+  EXPECT_EQ(a.architecture_difference(Config::parse("", "b", {"model.d_ff=100"})), "model.d_ff");
+  EXPECT_EQ(a.architecture_difference(Config::parse("", "b", {"model.pre_norm=true"})), "model.pre_norm");
+}
+
+TEST(Schedule, MatchesThePaperAtChosenSteps) {
+  // lr = d^-0.5 * min(step^-0.5, step * warmup^-1.5); the peak is at step == warmup.
+  const double d = 512, w = 4000;
+  EXPECT_DOUBLE_EQ(learning_rate(1, 512, 4000, 1.0), std::pow(d, -0.5) * 1 * std::pow(w, -1.5));
+  EXPECT_DOUBLE_EQ(learning_rate(4000, 512, 4000, 1.0), std::pow(d, -0.5) * std::pow(w, -0.5));
+  EXPECT_DOUBLE_EQ(learning_rate(16000, 512, 4000, 1.0), std::pow(d, -0.5) * std::pow(16000.0, -0.5));
+  EXPECT_NEAR(learning_rate(4000, 512, 4000, 1.0), 6.987712429686844e-4, 1e-15);
+  EXPECT_DOUBLE_EQ(learning_rate(100, 512, 4000, 2.0), 2 * learning_rate(100, 512, 4000, 1.0));
+  EXPECT_LT(learning_rate(3999, 512, 4000, 1.0), learning_rate(4000, 512, 4000, 1.0));
+  EXPECT_LT(learning_rate(4001, 512, 4000, 1.0), learning_rate(4000, 512, 4000, 1.0));
+}
+
+}  // namespace
+}  // namespace aiayn::trainer

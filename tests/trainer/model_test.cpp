@@ -1,0 +1,161 @@
+// The whole model's gradient against finite differences in double, and an overfitting check in float.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+
+#include "data/corpus.hpp"
+#include "kernels/dropout_hash.hpp"
+#include "kernels/ops/adam.hpp"
+#include "trainer/model.hpp"
+
+namespace aiayn::trainer {
+namespace {
+
+// A batch of `lens` pairs with ids in [4, V): sentences of different lengths, so padding is exercised.
+Batch random_batch(int V, const std::vector<std::pair<int, int>>& lens, uint64_t seed) {
+  std::vector<data::Pair> pairs;
+  std::vector<int64_t> idx;
+  uint64_t c = seed;
+  for (size_t i = 0; i < lens.size(); ++i) {
+    data::Pair p;
+    for (int t = 0; t + 1 < lens[i].first; ++t) p.src.push_back(4 + static_cast<int>(kernels::mix64(++c) % (V - 4)));
+    p.src.push_back(3);
+    for (int t = 0; t + 1 < lens[i].second; ++t) p.tgt.push_back(4 + static_cast<int>(kernels::mix64(++c) % (V - 4)));
+    p.tgt.push_back(3);
+    pairs.push_back(p);
+    idx.push_back(static_cast<int64_t>(100 + 7 * i));
+  }
+  return make_batch(pairs, idx, 0, 2);
+}
+
+ModelSpec tiny_spec(bool pre_norm, double dropout) {
+  ModelSpec s;
+  s.arch.layers = 2;
+  s.arch.d_model = 64;
+  s.arch.heads = 4;
+  s.arch.d_ff = 256;
+  s.arch.dropout = dropout;
+  s.arch.attention_dropout = dropout;
+  s.arch.relu_dropout = dropout;
+  s.arch.label_smoothing = 0.1;
+  s.arch.pre_norm = pre_norm;
+  s.vocab = 23;
+  return s;
+}
+
+struct GradCase {
+  bool pre_norm;
+  double dropout;
+};
+
+class WholeModelGrad : public ::testing::TestWithParam<GradCase> {};
+
+// Every parameter tensor: a sample of entries (first, last and some in between) against central differences
+// of the scaled loss. Double precision makes the finite differences accurate to ~1e-8 relative.
+TEST_P(WholeModelGrad, MatchesFiniteDifferences) {
+  const GradCase gc = GetParam();
+  Model<double> model(tiny_spec(gc.pre_norm, gc.dropout), kernels::Device::CPU);
+  model.initialize(7);
+  // Nudge LayerNorm and bias parameters away from their initial 1/0 so every term is exercised.
+  for (const auto& v : model.table().views())
+    if (v.shape.size() == 1)
+      for (size_t i = 0; i < v.size; ++i) model.params()[v.offset + i] += 0.05 * std::sin(1.0 + v.offset + 3.0 * i);
+  const Batch batch = random_batch(23, {{5, 6}, {3, 2}, {1, 4}}, 11);
+  const DropoutContext dc{gc.dropout > 0, 5, 9};
+  const double scale = 1.0 / static_cast<double>(batch.tgt_tokens);
+  model.zero_grads();
+  model.forward_backward(batch, dc, static_cast<float>(scale));
+  std::vector<double> analytic(model.grads(), model.grads() + model.num_params());
+
+  auto loss_at = [&]() {
+    model.zero_grads();
+    return model.forward_backward(batch, dc, static_cast<float>(scale)).loss * scale;
+  };
+  const double h = 1e-5;
+  int checked = 0;
+  for (const auto& v : model.table().views()) {
+    std::set<size_t> picks = {0, v.size - 1, v.size / 2, v.size / 3, (v.size * 7) / 9};
+    for (size_t i : picks) {
+      double& p = model.params()[v.offset + i];
+      const double saved = p;
+      p = saved + h;
+      const double up = loss_at();
+      p = saved - h;
+      const double down = loss_at();
+      p = saved;
+      const double fd = (up - down) / (2 * h);
+      const double an = analytic[v.offset + i];
+      // Central differences in double: truncation O(h^2) ~ 1e-10 and rounding ~1e-16/h ~ 1e-11.
+      EXPECT_NEAR(an, fd, 1e-7 + 1e-5 * std::fabs(fd)) << v.name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 100);
+}
+
+INSTANTIATE_TEST_SUITE_P(Variants, WholeModelGrad,
+                         ::testing::Values(GradCase{false, 0.0}, GradCase{false, 0.2}, GradCase{true, 0.0},
+                                           GradCase{true, 0.2}));
+
+// The output and input embedding are one matrix: its gradient has a term from each use.
+TEST(Model, SharedEmbeddingGetsAllThreeGradientTerms) {
+  Model<double> model(tiny_spec(false, 0.0), kernels::Device::CPU);
+  model.initialize(3);
+  const auto& emb = model.table().at("embedding/weight");
+  const Batch batch = random_batch(23, {{4, 4}}, 5);
+  model.zero_grads();
+  model.forward_backward(batch, {}, 1.0f);
+  // A token that occurs only in the source still receives a gradient (through the encoder).
+  const int only_src = batch.src[0];
+  bool in_tgt = false;
+  for (int t : batch.tgt_in) in_tgt = in_tgt || t == only_src;
+  if (!in_tgt) {
+    double norm = 0;
+    for (int c = 0; c < 64; ++c) norm += std::fabs(model.grads()[emb.offset + only_src * 64 + c]);
+    EXPECT_GT(norm, 0.0);
+  }
+}
+
+TEST(Model, InitialisationIsDeterministicAndScaled) {
+  Model<float> a(tiny_spec(false, 0.1), kernels::Device::CPU), b(tiny_spec(false, 0.1), kernels::Device::CPU);
+  a.initialize(42);
+  b.initialize(42);
+  for (size_t i = 0; i < a.num_params(); ++i) ASSERT_EQ(a.params()[i], b.params()[i]);
+  const auto& emb = a.table().at("embedding/weight");
+  double sq = 0;
+  for (size_t i = 0; i < emb.size; ++i) sq += a.params()[emb.offset + i] * a.params()[emb.offset + i];
+  EXPECT_NEAR(std::sqrt(sq / emb.size), 1.0 / 8.0, 0.01);  // N(0, d^-1/2), d = 64
+  const auto& w = a.table().at("encoder/layers/0/ffn/fc1/weight");
+  const double limit = std::sqrt(6.0 / (64 + 256));
+  for (size_t i = 0; i < w.size; ++i) ASSERT_LE(std::fabs(a.params()[w.offset + i]), limit);
+}
+
+// On one fixed batch, Adam drives the smoothed loss down to (near) its floor: the entropy of the smoothed
+// target distribution, which no model can beat.
+TEST(Model, OverfitsOneBatchToTheLabelSmoothingFloor) {
+  ModelSpec spec = tiny_spec(false, 0.0);
+  Model<float> model(spec, kernels::Device::CPU);
+  model.initialize(1);
+  const Batch batch = random_batch(23, {{6, 7}, {5, 5}, {8, 6}, {4, 3}}, 99);
+  kernels::DeviceArray<float> m(kernels::Device::CPU, model.num_params()), v(kernels::Device::CPU, model.num_params());
+  double loss = 0;
+  for (int step = 1; step <= 300; ++step) {
+    model.zero_grads();
+    const auto st = model.forward_backward(batch, {}, 1.0f / batch.tgt_tokens);
+    loss = st.loss / st.tokens;
+    kernels::AdamArgs<float> a;
+    a.param = model.params(), a.grad = model.grads(), a.m = m.data(), a.v = v.data(), a.n = model.num_params();
+    a.lr = 3e-3f, a.beta1 = 0.9f, a.beta2 = 0.98f, a.eps = 1e-9f;
+    a.bias1 = 1 - std::pow(0.9, step), a.bias2 = 1 - std::pow(0.98, step);
+    kernels::adam(kernels::Device::CPU, a);
+  }
+  const double eps = 0.1, V = 23;
+  const double q_hit = 1 - eps + eps / V, q_miss = eps / V;
+  const double floor = -(q_hit * std::log(q_hit) + (V - 1) * q_miss * std::log(q_miss));
+  EXPECT_LT(loss, floor + 0.05) << "floor " << floor;
+  EXPECT_GE(loss, floor - 1e-3);
+}
+
+}  // namespace
+}  // namespace aiayn::trainer

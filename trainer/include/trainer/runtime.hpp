@@ -1,0 +1,26 @@
+#pragma once
+// Choices every command makes the same way: which device, how many CPU threads, the logger.
+#include <memory>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "kernels/device.hpp"
+
+namespace aiayn::comm {
+class Communicator;
+}
+
+namespace aiayn::trainer {
+
+// "auto": CUDA when a GPU is usable, else the CPU with one log line saying why. "cuda" without a usable GPU
+// is an error. On CUDA, selects the GPU by local rank.
+kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log);
+
+// Threads per rank: `configured` when > 0, else the cores of this node divided among the ranks on it.
+int setup_cpu_threads(int64_t configured, comm::Communicator* comm);
+
+// A logger that writes to the console (when `console`) and to `file` (when not empty), same format.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& name, bool console, const std::string& file);
+
+}  // namespace aiayn::trainer

@@ -1,0 +1,115 @@
+#include "trainer/bench.hpp"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "aiayn/error.hpp"
+#include "kernels/dropout_hash.hpp"
+#include "kernels/ops.hpp"
+#include "trainer/config.hpp"
+#include "trainer/model.hpp"
+#include "trainer/runtime.hpp"
+#include "trainer/schedule.hpp"
+
+namespace aiayn::trainer {
+namespace k = aiayn::kernels;
+
+double train_flops_per_step(int layers, int d, int dff, int vocab, int sentences, int s, int t) {
+  const double L = layers, D = d, Fd = dff, V = vocab, B = sentences, S = s, T = t;
+  const double src_tok = B * S, tgt_tok = B * T;
+  const double enc = L * (4 * D * D + 2 * D * Fd) * src_tok + L * 2 * D * D * src_tok;
+  const double dec = L * (6 * D * D + 2 * D * Fd) * tgt_tok + V * D * tgt_tok;
+  const double attn = L * B * (2 * S * S * D + 2 * T * T * D + 2 * T * S * D);
+  return 3 * 2 * (enc + dec + attn);
+}
+
+nlohmann::ordered_json run_bench(const BenchOptions& o) {
+  AIAYN_CHECK(o.vocab > 4 && o.sentences > 0 && o.src_len > 0 && o.tgt_len > 0 && o.steps > 0,
+              "bench: --vocab must exceed 4 and --sentences, --src-len, --tgt-len, --steps must be positive");
+  const Config cfg = Config::load(o.config_path, o.overrides);
+  auto log = make_logger("bench", false, "");
+  const k::Device device = choose_device(cfg.device, 0, *log);
+  AIAYN_CHECK(cfg.precision != "bf16", "config key 'precision': bf16 is not implemented yet; use precision=fp32");
+  const int threads = setup_cpu_threads(cfg.train.threads, nullptr);
+
+  ModelSpec spec;
+  spec.arch = cfg.model;
+  spec.vocab = o.vocab;
+  Model<float> model(spec, device);
+  model.initialize(static_cast<uint64_t>(cfg.train.seed));
+  const size_t n = model.num_params();
+  k::DeviceArray<float> m(device, n), v(device, n);
+
+  // Batches of exactly B x S and B x T real tokens (ids in [4, V), as the PyTorch baseline draws them).
+  uint64_t counter = 0;
+  auto next_batch = [&]() {
+    Batch b;
+    b.B = o.sentences, b.S = o.src_len, b.T = o.tgt_len;
+    auto draw = [&]() { return 4 + static_cast<int32_t>(k::mix64(++counter) % static_cast<uint64_t>(o.vocab - 4)); };
+    b.src.resize(static_cast<size_t>(b.B) * b.S);
+    for (auto& x : b.src) x = draw();
+    b.tgt_in.resize(static_cast<size_t>(b.B) * b.T);
+    b.tgt_out.resize(b.tgt_in.size());
+    for (int i = 0; i < b.B; ++i) {
+      std::vector<int32_t> y(b.T + 1);
+      for (auto& x : y) x = draw();
+      for (int t = 0; t < b.T; ++t) {
+        b.tgt_in[static_cast<size_t>(i) * b.T + t] = y[t];
+        b.tgt_out[static_cast<size_t>(i) * b.T + t] = y[t + 1];
+      }
+      b.src_len.push_back(b.S);
+      b.tgt_len.push_back(b.T);
+      b.pair.push_back(i);
+    }
+    b.src_tokens = static_cast<int64_t>(b.B) * b.S;
+    b.tgt_tokens = static_cast<int64_t>(b.B) * b.T;
+    return b;
+  };
+
+  double last_loss = 0;
+  auto step = [&](int64_t s) {
+    const Batch b = next_batch();
+    model.zero_grads();
+    const auto st = model.forward_backward(b, DropoutContext{true, 1, static_cast<uint64_t>(s)}, 1.0f / b.tgt_tokens);
+    last_loss = st.loss / std::max<int64_t>(1, st.tokens);
+    k::AdamArgs<float> a;
+    a.param = model.params(), a.grad = model.grads(), a.m = m.data(), a.v = v.data(), a.n = n;
+    a.lr = static_cast<float>(learning_rate(s, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale));
+    a.beta1 = static_cast<float>(cfg.train.adam_beta1), a.beta2 = static_cast<float>(cfg.train.adam_beta2);
+    a.eps = static_cast<float>(cfg.train.adam_eps);
+    a.bias1 = 1 - std::pow(cfg.train.adam_beta1, static_cast<double>(s));
+    a.bias2 = 1 - std::pow(cfg.train.adam_beta2, static_cast<double>(s));
+    k::adam(device, a);
+  };
+  int64_t s = 0;
+  for (int i = 0; i < o.warmup_steps; ++i) step(++s);
+  k::cuda_synchronize();
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < o.steps; ++i) step(++s);
+  k::cuda_synchronize();
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.steps;
+  const double flops = train_flops_per_step(cfg.model.layers, cfg.model.d_model, cfg.model.d_ff, o.vocab, o.sentences,
+                                            o.src_len, o.tgt_len);
+  auto round_to = [](double x, int digits) { const double f = std::pow(10.0, digits); return std::round(x * f) / f; };
+  nlohmann::ordered_json out;
+  out["system"] = "aiayn";
+  out["device"] = k::device_name(device);
+  out["dtype"] = cfg.precision;
+  out["layers"] = cfg.model.layers;
+  out["d_model"] = cfg.model.d_model;
+  out["vocab"] = o.vocab;
+  out["sentences"] = o.sentences;
+  out["src_len"] = o.src_len;
+  out["tgt_len"] = o.tgt_len;
+  out["threads"] = threads;
+  out["ms_per_step"] = round_to(dt * 1e3, 3);
+  out["tgt_tok_s"] = round_to(o.sentences * o.tgt_len / dt, 1);
+  out["tflops"] = round_to(flops / dt / 1e12, 4);
+  out["loss"] = round_to(last_loss, 4);
+  if (device == k::Device::CUDA) out["mfu"] = round_to(flops / dt / 1e12 / o.peak_tflops, 4);
+  return out;
+}
+
+}  // namespace aiayn::trainer

@@ -1,0 +1,57 @@
+#include "trainer/runtime.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <thread>
+
+#include "aiayn/error.hpp"
+#include "comm/communicator.hpp"
+
+namespace aiayn::trainer {
+
+kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log) {
+  if (setting == "cpu") return kernels::Device::CPU;
+  std::string why;
+  const int gpus = kernels::cuda_device_count(&why);
+  if (gpus == 0) {
+    AIAYN_CHECK(setting != "cuda", "device=cuda, but no GPU is usable: " + why);
+    log.info("no GPU ({}): using the CPU", why);
+    return kernels::Device::CPU;
+  }
+  kernels::cuda_set_device(local_rank % gpus);
+  log.info("using GPU {} of {}", local_rank % gpus, gpus);
+  return kernels::Device::CUDA;
+}
+
+int setup_cpu_threads(int64_t configured, comm::Communicator* comm) {
+  int threads = static_cast<int>(configured);
+  if (threads <= 0) {
+    const int cores = std::max(1u, std::thread::hardware_concurrency());
+    int ranks_here = 1;
+    if (comm && comm->size() > 1) {
+      char host[256] = {0};
+      gethostname(host, sizeof(host) - 1);
+      const auto hosts = comm->all_gather_host(host);
+      ranks_here = static_cast<int>(std::count(hosts.begin(), hosts.end(), std::string(host)));
+    }
+    threads = std::max(1, cores / std::max(1, ranks_here));
+  }
+  kernels::set_cpu_threads(threads);
+  return threads;
+}
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& name, bool console, const std::string& file) {
+  std::vector<spdlog::sink_ptr> sinks;
+  if (console) sinks.push_back(std::make_shared<spdlog::sinks::stdout_sink_mt>());
+  if (!file.empty()) sinks.push_back(std::make_shared<spdlog::sinks::basic_file_sink_mt>(file, false));
+  auto logger = std::make_shared<spdlog::logger>(name, sinks.begin(), sinks.end());
+  logger->set_pattern("[%Y-%m-%d %H:%M:%S] %v");
+  logger->flush_on(spdlog::level::info);
+  return logger;
+}
+
+}  // namespace aiayn::trainer

@@ -1,0 +1,434 @@
+// The training loop (see train.hpp). Reads like the paper's section 5: batches, optimizer, schedule,
+// regularisation; around it the run directory, agreement between ranks, checkpoints and logs.
+#include "trainer/train.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "aiayn/error.hpp"
+#include "checkpoints/checkpoint.hpp"
+#include "comm/communicator.hpp"
+#include "data/batch_planner.hpp"
+#include "data/corpus.hpp"
+#include "kernels/ops.hpp"
+#include "trainer/config.hpp"
+#include "trainer/model.hpp"
+#include "trainer/run_files.hpp"
+#include "trainer/runtime.hpp"
+#include "trainer/schedule.hpp"
+
+namespace aiayn::trainer {
+namespace fs = std::filesystem;
+namespace k = aiayn::kernels;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop_signal = 0;
+extern "C" void on_stop_signal(int sig) { g_stop_signal = sig; }
+
+// Installs the stop handlers for the lifetime of the run; the handler only sets a flag.
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal = 0;
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGUSR1, &sa, &old_usr1_);
+    sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~StopSignals() {
+    sigaction(SIGUSR1, &old_usr1_, nullptr);
+    sigaction(SIGTERM, &old_term_, nullptr);
+  }
+
+ private:
+  struct sigaction old_usr1_ {}, old_term_ {};
+};
+
+// Every rank reports its setup error (or ""); all throw the first one, so no rank waits on a dead peer.
+void agree_on_errors(comm::Communicator& comm, const std::string& mine) {
+  const auto all = comm.all_gather_host(mine);
+  for (size_t r = 0; r < all.size(); ++r)
+    if (!all[r].empty()) throw AgreedError(comm.size() > 1 ? fmt::format("rank {}: {}", r, all[r]) : all[r]);
+}
+
+template <class F>
+void on_all_ranks(comm::Communicator& comm, F&& f) {
+  std::string err;
+  try {
+    f();
+  } catch (const std::exception& e) {
+    err = e.what();
+  }
+  agree_on_errors(comm, err);
+}
+
+// Test-only fault injection: AIAYN_TEST_NAN_AT="rank:step[,rank:step...]" poisons that rank's gradient.
+bool inject_nan_here(int rank, int64_t step) {
+  const char* spec = std::getenv("AIAYN_TEST_NAN_AT");
+  if (!spec) return false;
+  std::stringstream ss(spec);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    int r = -1;
+    long long s = -1;
+    if (std::sscanf(item.c_str(), "%d:%lld", &r, &s) == 2 && r == rank && s == step) return true;
+  }
+  return false;
+}
+
+struct StepTotals {  // summed over ranks and micro-batches
+  double loss = 0, nll = 0;
+  int64_t tokens = 0, correct = 0;
+};
+
+}  // namespace
+
+int run_training(const TrainOptions& opt, comm::Communicator& comm) {
+  const int rank = comm.rank(), world = comm.size();
+  const bool leader = rank == 0;
+  const fs::path run(opt.run_dir);
+  const fs::path ckpt_dir = run / "checkpoints";
+
+  // ---- configuration and run directory ----
+  Config cfg;
+  on_all_ranks(comm, [&] {
+    if (opt.resume && opt.config_path.empty())
+      cfg = Config::load((run / "config.yaml").string(), opt.overrides);
+    else {
+      AIAYN_CHECK(!opt.config_path.empty(), "train: --config is required (or --resume with an existing run)");
+      cfg = Config::load(opt.config_path, opt.overrides);
+    }
+  });
+  std::string setup_error;
+  if (leader) {
+    try {
+      if (opt.resume)
+        check_resumable_run_dir(run);
+      else
+        create_fresh_run_dir(run);
+      write_text_atomically(run / "config.yaml", cfg.to_yaml());
+    } catch (const std::exception& e) {
+      setup_error = e.what();
+    }
+  }
+  agree_on_errors(comm, setup_error);
+  std::shared_ptr<spdlog::logger> log;
+  on_all_ranks(comm, [&] {
+    fs::create_directories(run / "log");
+    log = make_logger(fmt::format("rank-{}", rank), leader, (run / "log" / fmt::format("rank-{}.log", rank)).string());
+  });
+
+  // ---- data ----
+  const fs::path train_path = fs::path(opt.data_dir) / "train.h5";
+  const fs::path valid_path = fs::path(opt.data_dir) / "valid.h5";
+  std::unique_ptr<data::CorpusReader> train_data, valid_data;
+  on_all_ranks(comm, [&] {
+    AIAYN_CHECK(fs::exists(train_path), fmt::format("{}: no such file (prepare the data with `aiayn prepare`)", train_path.string()));
+    train_data = std::make_unique<data::CorpusReader>(train_path.string());
+    if (cfg.train.valid_every > 0 && fs::exists(valid_path))
+      valid_data = std::make_unique<data::CorpusReader>(valid_path.string());
+  });
+  const data::CorpusInfo& info = train_data->info();
+  const auto& src_len = train_data->src_lengths();
+  const auto& tgt_len = train_data->tgt_lengths();
+
+  // ---- device, threads, model ----
+  k::Device device = k::Device::CPU;
+  int threads = 0;
+  on_all_ranks(comm, [&] {
+    device = choose_device(cfg.device, comm.local_rank(), *log);
+    AIAYN_CHECK(!(cfg.precision == "bf16" && device == k::Device::CPU),
+                "config key 'precision': bf16 needs device=cuda; the CPU backend trains in fp32");
+    AIAYN_CHECK(cfg.precision != "bf16", "config key 'precision': bf16 is not implemented yet; use precision=fp32");
+    threads = setup_cpu_threads(cfg.train.threads, &comm);
+  });
+  ModelSpec spec;
+  spec.arch = cfg.model;
+  spec.vocab = info.vocab_size;
+  spec.pad_id = info.pad_id;
+  spec.bos_id = info.bos_id;
+  spec.eos_id = info.eos_id;
+  Model<float> model(spec, device);
+  const size_t n_params = model.num_params();
+  k::DeviceArray<float> adam_m(device, n_params), adam_v(device, n_params);
+
+  int64_t step = 0, epoch = 0, batch_in_epoch = 0;
+  const std::string fingerprint = train_data->fingerprint();
+  if (opt.resume) {
+    on_all_ranks(comm, [&] {
+      const std::string path = checkpoints::find_resume_checkpoint(
+          ckpt_dir.string(), [&](const std::string& w) { log->warn("{}", w); });
+      AIAYN_CHECK(!path.empty(), fmt::format("{}: no complete checkpoint to resume from", ckpt_dir.string()));
+      const checkpoints::Meta meta = checkpoints::read_meta(path);
+      const Config saved = Config::parse(meta.config, path + " (saved config)");
+      const std::string diff = cfg.architecture_difference(saved);
+      AIAYN_CHECK(diff.empty(), fmt::format("config key '{}' differs from the checkpoint {}: the architecture cannot "
+                                            "change on resume", diff, path));
+      AIAYN_CHECK(cfg.train.batch_tokens == saved.train.batch_tokens,
+                  fmt::format("config key 'train.batch_tokens' differs from the checkpoint {} ({} vs {}): the data "
+                              "cursor would not mean the same batches", path, cfg.train.batch_tokens, saved.train.batch_tokens));
+      AIAYN_CHECK(cfg.train.seed == saved.train.seed,
+                  fmt::format("config key 'train.seed' differs from the checkpoint {}", path));
+      AIAYN_CHECK(meta.corpus_fingerprint == fingerprint,
+                  fmt::format("{}: the checkpoint was trained on a different corpus than {}", path, train_path.string()));
+      std::vector<float> p(n_params), m(n_params), v(n_params);
+      const auto p_refs = model_tensors(model.table(), p.data());
+      const auto m_refs = model_tensors(model.table(), m.data());
+      const auto v_refs = model_tensors(model.table(), v.data());
+      checkpoints::load_checkpoint(path, p_refs, &m_refs, &v_refs);
+      k::device_copy(device, model.params(), k::Device::CPU, p.data(), n_params * 4);
+      k::device_copy(device, adam_m.data(), k::Device::CPU, m.data(), n_params * 4);
+      k::device_copy(device, adam_v.data(), k::Device::CPU, v.data(), n_params * 4);
+      step = meta.step, epoch = meta.epoch, batch_in_epoch = meta.batch_in_epoch;
+      log->info("resumed from {} at step {} (epoch {}, batch {}), saved by {} rank(s), now {}", path, step, epoch,
+                batch_in_epoch, meta.world_size, world);
+    });
+  } else {
+    model.initialize(static_cast<uint64_t>(cfg.train.seed));
+  }
+
+  log->info("aiayn train: {} rank(s), device {}, {} thread(s) per rank ({}), {} parameters", world,
+            k::device_name(device), threads, k::cpu_backend_description(), n_params);
+  log->info("corpus {}: {} pairs, vocabulary {}", train_path.string(), info.pairs, info.vocab_size);
+
+  // ---- checkpoint writer (rank 0) ----
+  std::string tokenizer_bytes;
+  {
+    std::ifstream in(fs::path(opt.data_dir) / "tokenizer.model", std::ios::binary);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    tokenizer_bytes = ss.str();
+  }
+  auto save = [&](const char* why) {
+    if (!leader) return;
+    std::vector<float> p(n_params), m(n_params), v(n_params);
+    k::device_copy(k::Device::CPU, p.data(), device, model.params(), n_params * 4);
+    k::device_copy(k::Device::CPU, m.data(), device, adam_m.data(), n_params * 4);
+    k::device_copy(k::Device::CPU, v.data(), device, adam_v.data(), n_params * 4);
+    checkpoints::SaveRequest req;
+    req.meta.step = step;
+    req.meta.epoch = epoch;
+    req.meta.batch_in_epoch = batch_in_epoch;
+    req.meta.seed = static_cast<uint64_t>(cfg.train.seed);
+    req.meta.config = cfg.to_yaml();
+    req.meta.config_hash = cfg.hash();
+    req.meta.corpus_fingerprint = fingerprint;
+    req.meta.world_size = world;
+    req.model = const_tensors(model.table(), p.data());
+    req.adam_m = const_tensors(model.table(), m.data());
+    req.adam_v = const_tensors(model.table(), v.data());
+    req.extra["tokenizer.model"] = tokenizer_bytes;
+    req.extra["vocab.yaml"] = vocab_yaml(info);
+    const std::string path = checkpoints::save_checkpoint(ckpt_dir.string(), req);
+    log->info("saved checkpoint {} ({})", path, why);
+    for (const auto& gone : checkpoints::prune_checkpoints(ckpt_dir.string(), static_cast<int>(cfg.checkpoint.keep_last),
+                                                           static_cast<int>(cfg.checkpoint.average_last)))
+      log->info("removed old checkpoint {}", gone);
+  };
+
+  // ---- validation: the valid set split across ranks, sums all-reduced ----
+  auto validate = [&]() {
+    const auto& vs = valid_data->src_lengths();
+    const auto& vt = valid_data->tgt_lengths();
+    const data::BatchPlan plan = data::BatchPlan::build(vs, vt, 0, 0, cfg.train.batch_tokens);
+    double sums[3] = {0, 0, 0};  // nll, tokens, correct
+    for (const auto& gb : plan.batches()) {
+      for (const auto& mb : data::split_for_rank(gb, vs, vt, rank, world, cfg.train.max_tokens_per_rank)) {
+        const Batch b = make_batch(valid_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
+        const auto st = model.forward_loss(b, 0.0f);
+        sums[0] += st.nll, sums[1] += static_cast<double>(st.tokens), sums[2] += static_cast<double>(st.correct);
+      }
+    }
+    comm.all_reduce_sum_host(sums, 3);
+    const double loss = sums[0] / std::max(1.0, sums[1]);
+    return std::array<double, 3>{loss, std::exp(loss), sums[2] / std::max(1.0, sums[1])};
+  };
+
+  MetricsWriter metrics(leader ? (run / "metrics.jsonl").string() : std::string());
+  StopSignals signals;
+  const auto t_start = Clock::now();
+  auto last_save = Clock::now();
+  auto last_log = Clock::now();
+  int64_t saved_step = opt.resume ? step : -1;
+  int64_t skipped_total = 0, consecutive_skips = 0;
+  StepTotals interval;
+  int64_t interval_tgt = 0, interval_steps = 0;
+  double last_gnorm = 0;
+  const int64_t bucket = 1 << 22;  // gradient all-reduce bucket, in elements
+  data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch,
+                                                cfg.train.batch_tokens);
+  int exit_status = 0;
+  const double minutes_limit = cfg.train.max_minutes;
+
+  while (true) {
+    // ---- stop conditions that need no agreement (same on every rank) ----
+    if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) break;
+    if (batch_in_epoch >= static_cast<int64_t>(plan.size())) {
+      ++epoch;
+      batch_in_epoch = 0;
+      if (cfg.train.max_epochs > 0 && epoch >= cfg.train.max_epochs) break;
+      plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch, cfg.train.batch_tokens);
+      continue;
+    }
+    const data::GlobalBatch& gb = plan.batch(static_cast<size_t>(batch_in_epoch));
+    const int64_t this_step = step + 1;
+
+    // ---- forward, loss, backward over this rank's share ----
+    model.zero_grads();
+    StepTotals local;
+    const float grad_scale = 1.0f / static_cast<float>(std::max<int64_t>(1, gb.tgt_tokens));
+    const DropoutContext dropout{true, static_cast<uint64_t>(cfg.train.seed), static_cast<uint64_t>(this_step)};
+    try {
+      for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, rank, world, cfg.train.max_tokens_per_rank)) {
+        const Batch b = make_batch(train_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
+        const auto st = model.forward_backward(b, dropout, grad_scale);
+        local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
+      }
+      if (inject_nan_here(rank, this_step)) {
+        const float nan = std::nanf("");
+        k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
+      }
+
+      // ---- all-reduce gradients in buckets, then agree on statistics and faults ----
+      for (size_t off = 0; off < n_params; off += bucket)
+        comm.all_reduce_sum(model.grads() + off, std::min<size_t>(bucket, n_params - off));
+    } catch (const Error& e) {
+      throw Error(fmt::format("step {}: {}", this_step, e.what()));
+    }
+    double sums[2] = {local.loss, local.nll};
+    int64_t counts[2] = {local.tokens, local.correct};
+    comm.all_reduce_sum_host(sums, 2);
+    comm.all_reduce_sum_host(counts, 2);
+    const double sq = k::sum_squares(device, k::SumSquaresArgs<float>{model.grads(), n_params});
+    const double gnorm = std::sqrt(sq);
+    const bool time_up = minutes_limit > 0 &&
+                         std::chrono::duration<double>(Clock::now() - t_start).count() >= minutes_limit * 60.0;
+    int64_t flags[3] = {(!std::isfinite(sums[0]) || !std::isfinite(gnorm)) ? 1 : 0, g_stop_signal != 0 ? 1 : 0,
+                        time_up ? 1 : 0};
+    comm.all_reduce_max_host(flags, 3);
+    ++batch_in_epoch;
+
+    if (flags[0]) {
+      ++skipped_total;
+      ++consecutive_skips;
+      log->warn("step {}: non-finite loss or gradient on some rank; skipping the step ({} in a row, {} in all)",
+                this_step, consecutive_skips, skipped_total);
+      metrics.write({{"step", this_step}, {"epoch", epoch}, {"loss", nullptr}, {"nll", nullptr}, {"lr", 0.0},
+                     {"gnorm", nullptr}, {"tgt_tokens", counts[0]}, {"tok_s", 0.0}, {"skipped", skipped_total},
+                     {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
+      AIAYN_CHECK(consecutive_skips < cfg.train.max_consecutive_skips,
+                  fmt::format("step {}: {} consecutive steps had non-finite losses or gradients "
+                              "(train.max_consecutive_skips = {}); stopping", this_step, consecutive_skips,
+                              cfg.train.max_consecutive_skips));
+    } else {
+      consecutive_skips = 0;
+      step = this_step;
+      // ---- optional clipping (off in the paper), Adam with the warmup schedule ----
+      float clip_scale = 1.0f;
+      if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
+      const double lr = learning_rate(step, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
+      k::AdamArgs<float> adam;
+      adam.param = model.params();
+      adam.grad = model.grads();
+      adam.m = adam_m.data();
+      adam.v = adam_v.data();
+      adam.n = n_params;
+      adam.lr = static_cast<float>(lr);
+      adam.beta1 = static_cast<float>(cfg.train.adam_beta1);
+      adam.beta2 = static_cast<float>(cfg.train.adam_beta2);
+      adam.eps = static_cast<float>(cfg.train.adam_eps);
+      adam.grad_scale = clip_scale;
+      adam.bias1 = 1.0 - std::pow(cfg.train.adam_beta1, static_cast<double>(step));
+      adam.bias2 = 1.0 - std::pow(cfg.train.adam_beta2, static_cast<double>(step));
+      k::adam(device, adam);
+      last_gnorm = gnorm;
+
+      interval.loss += sums[0], interval.nll += sums[1], interval.tokens += counts[0], interval.correct += counts[1];
+      interval_tgt += counts[0];
+      ++interval_steps;
+      if (step % cfg.train.log_every == 0 || step == cfg.train.max_steps) {
+        const double secs = std::chrono::duration<double>(Clock::now() - last_log).count();
+        const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
+        const double tok_s = secs > 0 ? static_cast<double>(interval_tgt) / secs : 0.0;
+        const double loss = interval.loss / std::max<int64_t>(1, interval.tokens);
+        const double nll = interval.nll / std::max<int64_t>(1, interval.tokens);
+        std::string eta = "-";
+        if (cfg.train.max_steps > 0 && interval_steps > 0)
+          eta = fmt::format("{:.0f}s", (cfg.train.max_steps - step) * secs / static_cast<double>(interval_steps));
+        log->info("step {} | epoch {} | loss {:.4f} | nll {:.4f} | lr {:.3e} | gnorm {:.3f} | {:.0f} tgt tok/s | "
+                  "elapsed {:.0f}s | eta {}", step, epoch, loss, nll, lr, gnorm, tok_s, elapsed, eta);
+        metrics.write({{"step", step}, {"epoch", epoch}, {"loss", loss}, {"nll", nll}, {"lr", lr}, {"gnorm", gnorm},
+                       {"tgt_tokens", counts[0]}, {"tok_s", tok_s}, {"skipped", skipped_total}, {"elapsed_s", elapsed}});
+        interval = StepTotals{};
+        interval_tgt = 0;
+        interval_steps = 0;
+        last_log = Clock::now();
+      }
+      if (valid_data && cfg.train.valid_every > 0 && step % cfg.train.valid_every == 0) {
+        const auto v = validate();
+        log->info("step {} | valid loss {:.4f} | ppl {:.2f} | acc {:.4f}", step, v[0], v[1], v[2]);
+        metrics.write({{"step", step}, {"valid_loss", v[0]}, {"valid_ppl", v[1]}, {"valid_acc", v[2]}});
+      }
+      const bool by_steps = cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0;
+      const bool by_time = cfg.checkpoint.every_minutes > 0 &&
+                           std::chrono::duration<double>(Clock::now() - last_save).count() >= cfg.checkpoint.every_minutes * 60.0;
+      if (leader && (by_steps || by_time)) {
+        try {
+          save(by_steps ? "periodic" : "every_minutes");
+          saved_step = step;
+        } catch (const Error& e) {
+          log->error("checkpoint at step {} was NOT saved: {}", step, e.what());
+        }
+        last_save = Clock::now();
+      }
+    }
+    if (flags[1]) {
+      log->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", step,
+                kExitStoppedBySignal);
+      exit_status = kExitStoppedBySignal;
+      break;
+    }
+    if (flags[2]) {
+      log->info("train.max_minutes ({}) reached at step {}", minutes_limit, step);
+      break;
+    }
+  }
+  (void)last_gnorm;
+
+  // ---- the end: a final checkpoint, then the average of the last ones ----
+  std::string end_error;
+  if (leader) {
+    try {
+      if (saved_step != step) save(exit_status ? "stop signal" : "end of training");
+      if (exit_status == 0 && cfg.checkpoint.average_last > 0) {
+        auto all = checkpoints::list_checkpoints(ckpt_dir.string());
+        const size_t n = std::min<size_t>(all.size(), static_cast<size_t>(cfg.checkpoint.average_last));
+        std::vector<std::string> last(all.end() - static_cast<long>(n), all.end());
+        if (!last.empty()) {
+          checkpoints::average_checkpoints(last, (run / "averaged.h5").string());
+          log->info("averaged the last {} checkpoint(s) into {}", last.size(), (run / "averaged.h5").string());
+        }
+      }
+    } catch (const std::exception& e) {
+      end_error = e.what();
+    }
+  }
+  agree_on_errors(comm, end_error);
+  log->info("done: step {}, epoch {}, {} skipped step(s)", step, epoch, skipped_total);
+  return exit_status;
+}
+
+}  // namespace aiayn::trainer
