@@ -93,7 +93,12 @@ void write_corpus_file(const std::string& path, const CorpusContent& c) {
   const std::string tmp = path + ".tmp";
   std::remove(tmp.c_str());
   {
-    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    // The 1.8+ file format checksums its metadata (superblock, object headers, heaps), so a damaged header is
+    // refused by HDF5 itself instead of being parsed; damaged offsets and ids are the reader's to catch.
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+    AIAYN_CHECK(fapl.valid() && H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0,
+                fmt::format("{}: cannot set the file format version", tmp));
+    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
     AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
     write_side(file.get(), tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets);
     write_side(file.get(), tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets);
