@@ -10,6 +10,7 @@
 // prepare_synthetic() sends it through the same path.
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace aiayn::data {
