@@ -22,7 +22,14 @@
   } while (0)
 
 // After a <<<...>>> launch: configuration errors surface here (execution errors at the next sync).
-#define AIAYN_CUDA_CHECK_LAUNCH(what) AIAYN_CUDA_CHECK((static_cast<void>(what), cudaGetLastError()))
+#define AIAYN_CUDA_CHECK_LAUNCH(what)                                                                      \
+  do {                                                                                                      \
+    const cudaError_t aiayn_cuda_err_ = cudaGetLastError();                                                 \
+    if (aiayn_cuda_err_ != cudaSuccess)                                                                     \
+      throw ::aiayn::Error(std::string("CUDA launch of ") + (what) + " failed: " +                          \
+                               cudaGetErrorString(aiayn_cuda_err_),                                         \
+                           __FILE__, __LINE__);                                                             \
+  } while (0)
 
 namespace aiayn::kernels::cuda_detail {
 

@@ -2,6 +2,7 @@
 // cuda_runtime). Any CUDA error while counting devices means "no GPU": the answer is 0 with CUDA's reason.
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <string>
 
 #include "common.cuh"
@@ -26,8 +27,14 @@ int device_count(std::string* why) {
   return count;
 }
 
+// Also keeps freed stream-ordered memory in the device's default pool: the ops take their scratch with
+// cudaMallocAsync on every call, which should not go back to the driver at each synchronisation.
 void set_device(int index) {
   AIAYN_CUDA_CHECK(cudaSetDevice(index));
+  cudaMemPool_t pool = nullptr;
+  AIAYN_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, index));
+  uint64_t keep = UINT64_MAX;
+  AIAYN_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
   AIAYN_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
