@@ -7,9 +7,17 @@
 // that variable; a library loaded here at first use is not. So: if the user has not set OPENBLAS_CORETYPE,
 // set it from what the CPU supports, then dlopen. If OpenBLAS was already loaded by someone else, the
 // variable comes too late; blas_description() says so.
+//
+// Threads: OpenBLAS is kept single-threaded and blas_gemm splits C into one block per OpenMP thread. Two thread
+// pools (OpenBLAS's pthreads and the OpenMP team the other ops use) on the same cores fight: the idle pool
+// spins or yields on the cores the busy one needs. Measured on the 2-core bench (kernels/README.md), about
+// 40% of all cycles went to libgomp spinning while OpenBLAS's threads ran.
 #include "blas.hpp"
 
 #include <dlfcn.h>
+#include <omp.h>
+
+#include <algorithm>
 
 #include <cstdlib>
 #include <mutex>
@@ -88,6 +96,7 @@ void load(Blas& blas) {
     blas.set_threads = reinterpret_cast<SetThreadsFn>(dlsym(blas.handle, "openblas_set_num_threads"));
     blas.corename = reinterpret_cast<CorenameFn>(dlsym(blas.handle, "openblas_get_corename"));
     blas.library = name;
+    if (blas.set_threads) blas.set_threads(1);  // the parallelism is ours (see the top of this file)
     return;
   }
   blas.error = "could not load a BLAS library with cblas_sgemm/cblas_dgemm (tried " + tried +
@@ -102,24 +111,52 @@ const Blas& blas() {
   return instance;
 }
 
+// Below this many multiply-adds a GEMM runs on the calling thread: splitting costs more than it saves.
+constexpr double kSplitMacs = 1 << 20;
+
+// C's rows (or columns, whichever dimension is longer) are cut into one block per OpenMP thread, multiples of 16
+// (one AVX-512 vector of floats) except the last; each block is an independent single-threaded BLAS call.
+// Inside an OpenMP parallel region (attention's per-head products) the call stays on its thread.
+template <class T, class Fn>
+void split_gemm(Fn fn, bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+                T beta, T* c, int ldc) {
+  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
+  if (threads <= 1 || double(m) * n * k < kSplitMacs) {
+    fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  const bool by_rows = m >= n;
+  const int len = by_rows ? m : n;
+  const int per_thread = (len + threads - 1) / threads;
+  const int block = (per_thread + 15) / 16 * 16;
+  const int blocks = (len + block - 1) / block;
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int i = 0; i < blocks; ++i) {
+    const int lo = i * block, cnt = std::min(len, lo + block) - lo;
+    if (by_rows) {  // rows lo.. of op(A) and C
+      const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
+      fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, cnt, n, k, alpha, a_blk, lda, b, ldb, beta,
+         c + size_t(lo) * ldc, ldc);
+    } else {  // columns lo.. of op(B) and C
+      const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
+      fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, cnt, k, alpha, a, lda, b_blk, ldb, beta,
+         c + lo, ldc);
+    }
+  }
+}
+
 }  // namespace
 
 template <>
 void blas_gemm<float>(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
                       int ldb, float beta, float* c, int ldc) {
-  blas().sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
-               ldc);
+  split_gemm<float>(blas().sgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 template <>
 void blas_gemm<double>(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
                        const double* b, int ldb, double beta, double* c, int ldc) {
-  blas().dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
-               ldc);
-}
-
-void blas_set_threads(int n) {
-  if (const Blas& b = blas(); b.set_threads && n > 0) b.set_threads(n);
+  split_gemm<double>(blas().dgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 std::string blas_description() {

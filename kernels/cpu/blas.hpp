@@ -8,13 +8,12 @@ namespace aiayn::kernels::cpu {
 
 // C[m, n] = alpha * op(A)[m, k] @ op(B)[k, n] + beta * C[m, n]; op(X) = X^T when tX. Row-major, leading
 // dimensions are row strides in elements (as in cblas with CblasRowMajor). T is float or double.
-// Throws aiayn::Error when no BLAS library can be loaded.
+// Runs on all OpenMP threads (omp_get_max_threads) when called outside a parallel region and the product is big
+// enough, else on the calling thread; OpenBLAS itself is single-threaded. Throws aiayn::Error when no BLAS
+// library can be loaded.
 template <class T>
 void blas_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
                T* c, int ldc);
-
-// Threads OpenBLAS may use (no-op when the library does not export openblas_set_num_threads).
-void blas_set_threads(int n);
 
 // "libopenblas.so.0 (core SkylakeX, OPENBLAS_CORETYPE=SKYLAKEX set by aiayn)": for logs. Loads the library.
 std::string blas_description();

@@ -51,8 +51,7 @@ void cuda_synchronize() {
 
 void set_cpu_threads(int n) {
   AIAYN_CHECK(n >= 1, "set_cpu_threads: need at least one thread");
-  omp_set_num_threads(n);
-  cpu::blas_set_threads(n);
+  omp_set_num_threads(n);  // BLAS too: blas_gemm splits over the OpenMP threads (cpu/blas.cpp)
 }
 
 int cpu_threads() { return omp_get_max_threads(); }

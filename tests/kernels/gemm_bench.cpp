@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <vector>
 
+#include <omp.h>
+
 #include "blas.hpp"
 
 using namespace aiayn::kernels::cpu;
@@ -22,7 +24,7 @@ double gflops(int n, int reps) {
 
 int main(int argc, char** argv) {
   const int n = argc > 1 ? std::atoi(argv[1]) : 1024;
-  if (argc > 2) blas_set_threads(std::atoi(argv[2]));
+  if (argc > 2) omp_set_num_threads(std::atoi(argv[2]));
   std::printf("BLAS: %s\n", blas_description().c_str());
   const int reps = n >= 1024 ? 10 : 50;
   std::printf("sgemm %dx%dx%d (B transposed): %.1f GFLOP/s\n", n, n, n, gflops<float>(n, reps));
