@@ -12,7 +12,7 @@ void adam(const AdamArgs<T>& a) {
   const T lr = a.lr, beta1 = a.beta1, beta2 = a.beta2, eps = a.eps, grad_scale = a.grad_scale;
   const T bias1 = static_cast<T>(a.bias1), bias2 = static_cast<T>(a.bias2);
   const long n = static_cast<long>(a.n);
-#pragma omp parallel for
+#pragma omp parallel for simd
   for (long i = 0; i < n; ++i) {
     const T g = a.grad[i] * grad_scale;
     a.m[i] = beta1 * a.m[i] + (T(1) - beta1) * g;

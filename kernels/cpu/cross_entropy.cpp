@@ -2,6 +2,7 @@
 //   lse = log sum_j exp(x_j);  logp_j = x_j - lse
 //   loss_n = (1 - eps) * (lse - x_y) + eps * mean_j(lse - x_j);  nll_n = lse - x_y
 //   dlogits[n, j] = grad_scale * (softmax_j - (1 - eps) [j == y] - eps / V)
+// One exp per logit (V = 8000 of them per token are this op's cost), in double like the sums.
 // All reads of a row happen before its gradient is written, so dlogits may alias logits. Row results are
 // kept per row and summed in row order: the totals do not depend on the thread count.
 #include "kernels/ops/cross_entropy.hpp"
@@ -33,27 +34,33 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a) {
         for (int j = 0; j < a.V; ++j) dx[j] = T(0);
       continue;
     }
+    // Pass 1: max (first maximum), sum of x. Pass 2: e_j = exp(x_j - max) in double, summed, kept in dx (as T)
+    // when the gradient is wanted (x is read for the last time here, so dx may alias it). Pass 3: the gradient.
+    T max = x[0];
     int argmax = 0;
-    for (int j = 1; j < a.V; ++j)
-      if (x[j] > x[argmax]) argmax = j;
-    const double max = x[argmax];
-    double sum_exp = 0.0, sum_x = 0.0;
+    double sum_x = 0.0;
     for (int j = 0; j < a.V; ++j) {
-      sum_exp += std::exp(double(x[j]) - max);
+      if (x[j] > max) max = x[j], argmax = j;
       sum_x += x[j];
     }
-    const double lse = max + std::log(sum_exp);
-    const double nll = lse - double(x[y]);
+    const double x_y = x[y];
+    double sum_exp = 0.0;
+    for (int j = 0; j < a.V; ++j) {
+      const double e = std::exp(double(x[j]) - double(max));
+      sum_exp += e;
+      if (dx) dx[j] = static_cast<T>(e);
+    }
+    const double lse = double(max) + std::log(sum_exp);
+    const double nll = lse - x_y;
     row_nll[n] = nll;
     row_loss[n] = (1.0 - eps) * nll + eps * (lse - sum_x / a.V);
     row_counted[n] = 1;
     row_correct[n] = argmax == y;
     if (dx) {
-      const double off_target = eps / a.V;
-      for (int j = 0; j < a.V; ++j) {
-        const double softmax = std::exp(double(x[j]) - lse);
-        dx[j] = static_cast<T>(a.grad_scale * (softmax - (j == y ? 1.0 - eps : 0.0) - off_target));
-      }
+      const T inv_sum = static_cast<T>(1.0 / sum_exp), scale = a.grad_scale;
+      const T off_target = static_cast<T>(eps / a.V);
+      for (int j = 0; j < a.V; ++j) dx[j] = scale * (dx[j] * inv_sum - off_target);
+      dx[y] -= static_cast<T>(a.grad_scale * (1.0 - eps));
     }
   }
   CrossEntropyStats stats;

@@ -9,6 +9,15 @@
 
 namespace aiayn::kernels::cpu {
 namespace {
+// One row. The hash is 64-bit multiplies, which vectorise only with AVX-512DQ (vpmullq): x86-64-v4 gets its own
+// clone, chosen at load time, so the binary stays portable. The mask is the same integer arithmetic in every clone.
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void dropout_row(uint64_t key, float p, T keep_prob,
+                                                                              const T* x, T* y, int cols) {
+#pragma omp simd  // y may be x (in place): element c reads only x[c] before writing y[c]
+  for (int c = 0; c < cols; ++c) y[c] = dropout_keep(key, static_cast<uint32_t>(c), p) ? x[c] / keep_prob : T(0);
+}
+
 template <class T>
 void apply_dropout(const DropoutArgs<T>& a) {
   const size_t count = size_t(a.rows) * a.cols;
@@ -23,9 +32,7 @@ void apply_dropout(const DropoutArgs<T>& a) {
   for (int r = 0; r < a.rows; ++r) {
     const uint64_t key = dropout_row_key(a.seed, a.step, static_cast<uint64_t>(a.pair[r / a.seq_len]),
                                          static_cast<uint32_t>(r % a.seq_len), a.site);
-    const T* x = a.x + size_t(r) * a.cols;  // [cols]
-    T* y = a.y + size_t(r) * a.cols;        // [cols]
-    for (int c = 0; c < a.cols; ++c) y[c] = dropout_keep(key, static_cast<uint32_t>(c), a.p) ? x[c] / keep_prob : T(0);
+    dropout_row(key, a.p, keep_prob, a.x + size_t(r) * a.cols, a.y + size_t(r) * a.cols, a.cols);
   }
 }
 }  // namespace

@@ -35,7 +35,7 @@ void gemm(const GemmArgs<T>& g) {
 template <class T>
 void relu_backward(const ReluBackward<T>& a) {
   const long n = static_cast<long>(a.n);
-#pragma omp parallel for
+#pragma omp parallel for simd  // dx may be dy (in place)
   for (long i = 0; i < n; ++i) a.dx[i] = a.y[i] > T(0) ? a.dy[i] : T(0);
 }
 
@@ -59,7 +59,7 @@ void bias_grad(const BiasGrad<T>& a) {
 template <class T>
 void add(const AddArgs<T>& a) {
   const long n = static_cast<long>(a.n);
-#pragma omp parallel for
+#pragma omp parallel for simd  // y may be a or b (in place)
   for (long i = 0; i < n; ++i) a.y[i] = a.a[i] + a.b[i];
 }
 
