@@ -24,10 +24,11 @@ struct Model<T>::Impl {
   // ---- parameter offsets (the same offsets index params and grads) ----
   struct Norm { size_t w = 0, b = 0; };
   struct Ffn { size_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0; };
-  struct EncLayer { size_t qkv_w, qkv_b, out_w, out_b; Norm attn_norm; Ffn ffn; Norm ffn_norm; };
+  static constexpr size_t kNoBias = ~size_t{0};
+  struct EncLayer { size_t qkv_w, out_w, out_b; Norm attn_norm; Ffn ffn; Norm ffn_norm; };
   struct DecLayer {
-    size_t qkv_w, qkv_b, out_w, out_b; Norm self_norm;
-    size_t q_w, q_b, kv_w, kv_b, cout_w, cout_b; Norm cross_norm;
+    size_t qkv_w, out_w, out_b; Norm self_norm;
+    size_t q_w, kv_w, cout_w, cout_b; Norm cross_norm;
     Ffn ffn; Norm ffn_norm;
   };
 
@@ -79,17 +80,14 @@ struct Model<T>::Impl {
     emb = off("embedding/weight");
     for (int l = 0; l < L; ++l) {
       const std::string p = fmt::format("encoder/layers/{}", l);
-      enc_p.push_back(EncLayer{off(p + "/self_attn/q/weight"), off(p + "/self_attn/q/bias"),
-                               off(p + "/self_attn/out/weight"), off(p + "/self_attn/out/bias"),
+      enc_p.push_back(EncLayer{off(p + "/self_attn/q/weight"), off(p + "/self_attn/out/weight"), off(p + "/self_attn/out/bias"),
                                norm(p + "/self_attn_norm"), ffn(p + "/ffn"), norm(p + "/ffn_norm")});
     }
     for (int l = 0; l < L; ++l) {
       const std::string p = fmt::format("decoder/layers/{}", l);
-      dec_p.push_back(DecLayer{off(p + "/self_attn/q/weight"), off(p + "/self_attn/q/bias"),
-                               off(p + "/self_attn/out/weight"), off(p + "/self_attn/out/bias"),
-                               norm(p + "/self_attn_norm"),
-                               off(p + "/cross_attn/q/weight"), off(p + "/cross_attn/q/bias"),
-                               off(p + "/cross_attn/k/weight"), off(p + "/cross_attn/k/bias"),
+      dec_p.push_back(DecLayer{off(p + "/self_attn/q/weight"), off(p + "/self_attn/out/weight"),
+                               off(p + "/self_attn/out/bias"), norm(p + "/self_attn_norm"),
+                               off(p + "/cross_attn/q/weight"), off(p + "/cross_attn/k/weight"),
                                off(p + "/cross_attn/out/weight"), off(p + "/cross_attn/out/bias"),
                                norm(p + "/cross_attn_norm"), ffn(p + "/ffn"), norm(p + "/ffn_norm")});
     }
@@ -200,7 +198,7 @@ struct Model<T>::Impl {
   }
 
   // ---- building blocks ----
-  // y[N, out] = x[N, in] @ W[out, in]^T + b
+  // y[N, out] = x[N, in] @ W[out, in]^T + b   (bias == kNoBias: no bias)
   void linear(const T* x, int N, int in, size_t w, size_t bias, int out, T* y, bool relu = false) {
     k::GemmArgs<T> g;
     g.trans_b = true;
@@ -208,7 +206,7 @@ struct Model<T>::Impl {
     g.a = x, g.lda = in;
     g.b = P(w), g.ldb = in;
     g.c = y, g.ldc = out;
-    g.bias = P(bias);
+    g.bias = bias == kNoBias ? nullptr : P(bias);
     g.relu = relu;
     k::gemm(dev, g);
   }
@@ -231,7 +229,7 @@ struct Model<T>::Impl {
     gw.c = G(w), gw.ldc = in;
     gw.beta = 1.0f;
     k::gemm(dev, gw);
-    k::bias_grad(dev, k::BiasGrad<T>{dy, G(bias), N, out});
+    if (bias != kNoBias) k::bias_grad(dev, k::BiasGrad<T>{dy, G(bias), N, out});
   }
   void copy(T* dst, const T* from, size_t n) { k::device_copy(dev, dst, dev, from, n * sizeof(T)); }
   void add(const T* a, const T* b, T* y, size_t n) { k::add(dev, k::AddArgs<T>{a, b, y, n}); }
@@ -350,7 +348,7 @@ struct Model<T>::Impl {
       EncLayer& p = enc_p[l];
       EncAct& a = enc[l];
       const T* fin = sub_in(x, a.attn, p.attn_norm, N);
-      linear(fin, N, D, p.qkv_w, p.qkv_b, 3 * D, a.qkv);
+      linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(S, src_len, false, site(0, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
                 a.qkv + 2 * D, a.ctx, a.probs, a.lse);
       linear(a.ctx, N, D, p.out_w, p.out_b, D, tmp);
@@ -373,7 +371,7 @@ struct Model<T>::Impl {
       DecLayer& p = dec_p[l];
       DecAct& a = dec[l];
       const T* fin = sub_in(x, a.self, p.self_norm, N);
-      linear(fin, N, D, p.qkv_w, p.qkv_b, 3 * D, a.qkv);
+      linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(Tt, tgt_len, true, site(1, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
                 a.qkv + 2 * D, a.ctx, a.probs, a.lse);
       linear(a.ctx, N, D, p.out_w, p.out_b, D, tmp);
@@ -381,8 +379,8 @@ struct Model<T>::Impl {
       x = a.self.out;
 
       fin = sub_in(x, a.cross, p.cross_norm, N);
-      linear(fin, N, D, p.q_w, p.q_b, D, a.q);
-      linear(memory, B * S, D, p.kv_w, p.kv_b, 2 * D, a.kv);
+      linear(fin, N, D, p.q_w, kNoBias, D, a.q);
+      linear(memory, B * S, D, p.kv_w, kNoBias, 2 * D, a.kv);
       attention(cross_shape(site(1, l, k::DropoutKind::CrossAttnProbs), dc), a.q, a.kv, a.kv + D, a.cctx, a.cprobs, a.clse);
       linear(a.cctx, N, D, p.cout_w, p.cout_b, D, tmp);
       sub_out(x, tmp, a.cross, p.cross_norm, N, Tt, site(1, l, k::DropoutKind::CrossAttnOut), dc);
@@ -453,15 +451,15 @@ struct Model<T>::Impl {
       linear_backward(d_f, a.cctx, Nt, D, D, p.cout_w, p.cout_b, d_ctx, false);
       attention_bwd(cross_shape(site(1, l, k::DropoutKind::CrossAttnProbs), dc), d_ctx, a.q, a.kv, a.kv + D, a.cctx,
                     a.cprobs, a.clse, d_qkv, d_kv, d_kv + D);
-      linear_backward(d_qkv, fin_of(x_cross, a.cross), Nt, D, D, p.q_w, p.q_b, d_fin, false);
-      linear_backward(d_kv, memory, Ns, D, 2 * D, p.kv_w, p.kv_b, d_enc, true);
+      linear_backward(d_qkv, fin_of(x_cross, a.cross), Nt, D, D, p.q_w, kNoBias, d_fin, false);
+      linear_backward(d_kv, memory, Ns, D, 2 * D, p.kv_w, kNoBias, d_enc, true);
       sub_in_bwd(x_cross, d_fin, d_stream, a.cross, p.cross_norm, Nt);
       // self-attention
       sub_out_bwd(d_stream, d_f, a.self, p.self_norm, Nt, Tt, site(1, l, k::DropoutKind::SelfAttnOut), dc);
       linear_backward(d_f, a.ctx, Nt, D, D, p.out_w, p.out_b, d_ctx, false);
       attention_bwd(self_shape(Tt, tgt_len, true, site(1, l, k::DropoutKind::SelfAttnProbs), dc), d_ctx, a.qkv,
                     a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
-      linear_backward(d_qkv, fin_of(x_self, a.self), Nt, D, 3 * D, p.qkv_w, p.qkv_b, d_fin, false);
+      linear_backward(d_qkv, fin_of(x_self, a.self), Nt, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_self, d_fin, d_stream, a.self, p.self_norm, Nt);
     }
     drop_bwd(d_stream, Nt, D, Tt, site(1, 0, k::DropoutKind::Embedding), p_out(), dc);
@@ -483,7 +481,7 @@ struct Model<T>::Impl {
       linear_backward(d_f, a.ctx, Ns, D, D, p.out_w, p.out_b, d_ctx, false);
       attention_bwd(self_shape(S, src_len, false, site(0, l, k::DropoutKind::SelfAttnProbs), dc), d_ctx, a.qkv,
                     a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
-      linear_backward(d_qkv, fin_of(x_attn, a.attn), Ns, D, 3 * D, p.qkv_w, p.qkv_b, d_fin, false);
+      linear_backward(d_qkv, fin_of(x_attn, a.attn), Ns, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_attn, d_fin, ds, a.attn, p.attn_norm, Ns);
     }
     drop_bwd(ds, Ns, D, S, site(0, 0, k::DropoutKind::Embedding), p_out(), dc);

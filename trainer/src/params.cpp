@@ -35,23 +35,24 @@ ParamTable ParamTable::transformer(const ModelSection& m, int vocab) {
   const int64_t D = m.d_model, F = m.d_ff;
   ParamTable t;
   t.add("embedding/weight", {vocab, D}, I::Normal, std::pow(static_cast<double>(D), -0.5));
-  auto linear = [&](const std::string& p, int64_t out, int64_t in, bool bias_later = false) {
+  auto linear = [&](const std::string& p, int64_t out, int64_t in) {
     t.add(p + "/weight", {out, in}, I::XavierUniform);
-    if (!bias_later) t.add(p + "/bias", {out}, I::Zero);
+    t.add(p + "/bias", {out}, I::Zero);
   };
   auto norm = [&](const std::string& p) {
     t.add(p + "/weight", {D}, I::One);
     t.add(p + "/bias", {D}, I::Zero);
   };
-  // q, k, v weights adjacent, then their biases adjacent (one fused [3D, D] GEMM).
+  // q, k, v weights adjacent (one fused [3D, D] GEMM; cross-attention: k and v adjacent, [2D, D]). As in
+  // tensor2tensor, the paper's reference implementation, the q, k and v projections have no bias: a key bias
+  // has an identically zero gradient (softmax is shift-invariant), and Adam would turn its rounding noise into
+  // full-size random steps.
   auto attention = [&](const std::string& p, bool fused_qkv) {
     if (fused_qkv) {
-      for (const char* w : {"q", "k", "v"}) linear(p + "/" + w, D, D, true);
-      for (const char* w : {"q", "k", "v"}) t.add(p + "/" + w + "/bias", {D}, I::Zero);
-    } else {  // cross-attention: q alone, k and v adjacent ([2D, D])
-      linear(p + "/q", D, D);
-      for (const char* w : {"k", "v"}) linear(p + "/" + w, D, D, true);
-      for (const char* w : {"k", "v"}) t.add(p + "/" + w + "/bias", {D}, I::Zero);
+      for (const char* w : {"q", "k", "v"}) t.add(p + "/" + w + "/weight", {D, D}, I::XavierUniform);
+    } else {
+      t.add(p + "/q/weight", {D, D}, I::XavierUniform);
+      for (const char* w : {"k", "v"}) t.add(p + "/" + w + "/weight", {D, D}, I::XavierUniform);
     }
     linear(p + "/out", D, D);
   };

@@ -114,4 +114,14 @@ VocabInfo parse_vocab_yaml(const std::string& text, const std::string& origin) {
   return v;
 }
 
+std::string trainer_state_yaml(int64_t skipped_steps) { return fmt::format("skipped_steps: {}\n", skipped_steps); }
+
+int64_t parse_trainer_state(const std::string& text, const std::string& origin) {
+  try {
+    return YAML::Load(text)["skipped_steps"].as<int64_t>();
+  } catch (const YAML::Exception& e) {
+    AIAYN_FAIL(fmt::format("{}: /extra/trainer_state.yaml is damaged: {}", origin, e.what()));
+  }
+}
+
 }  // namespace aiayn::trainer

@@ -89,6 +89,27 @@ bool inject_nan_here(int rank, int64_t step) {
   return false;
 }
 
+// After a resume from step N: temporaries of interrupted saves are removed, and checkpoints newer than N
+// (damaged, or complete but never committed to LATEST) are renamed *.stale, so that neither retention nor
+// averaging ever mixes them with the resumed run's own.
+void set_aside_after_resume(const fs::path& dir, int64_t step, spdlog::logger& log) {
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const std::string name = e.path().filename().string();
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
+      fs::remove(e.path());
+      log.info("removed {} (an interrupted write)", e.path().string());
+    }
+  }
+  for (const auto& path : checkpoints::list_checkpoints(dir.string())) {
+    const std::string name = fs::path(path).filename().string();
+    int64_t s = -1;
+    if (std::sscanf(name.c_str(), "step-%ld.h5", &s) == 1 && s > step) {
+      fs::rename(path, path + ".stale");
+      log.warn("set aside {} (newer than the resume point, step {})", path + ".stale", step);
+    }
+  }
+}
+
 struct StepTotals {  // summed over ranks and micro-batches
   double loss = 0, nll = 0;
   int64_t tokens = 0, correct = 0;
@@ -165,7 +186,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const size_t n_params = model.num_params();
   k::DeviceArray<float> adam_m(device, n_params), adam_v(device, n_params);
 
-  int64_t step = 0, epoch = 0, batch_in_epoch = 0;
+  // step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
+  // skipped_total: steps skipped for non-finite values, so Adam's update count is step - skipped_total.
+  int64_t step = 0, epoch = 0, batch_in_epoch = 0, skipped_total = 0;
   const std::string fingerprint = train_data->fingerprint();
   if (opt.resume) {
     on_all_ranks(comm, [&] {
@@ -193,9 +216,12 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       k::device_copy(device, adam_m.data(), k::Device::CPU, m.data(), n_params * 4);
       k::device_copy(device, adam_v.data(), k::Device::CPU, v.data(), n_params * 4);
       step = meta.step, epoch = meta.epoch, batch_in_epoch = meta.batch_in_epoch;
+      std::string state;
+      if (checkpoints::read_extra(path, "trainer_state.yaml", &state)) skipped_total = parse_trainer_state(state, path);
       log->info("resumed from {} at step {} (epoch {}, batch {}), saved by {} rank(s), now {}", path, step, epoch,
                 batch_in_epoch, meta.world_size, world);
     });
+    if (leader) set_aside_after_resume(ckpt_dir, step, *log);
   } else {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
   }
@@ -232,6 +258,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     req.adam_v = const_tensors(model.table(), v.data());
     req.extra["tokenizer.model"] = tokenizer_bytes;
     req.extra["vocab.yaml"] = vocab_yaml(info);
+    req.extra["trainer_state.yaml"] = trainer_state_yaml(skipped_total);
     const std::string path = checkpoints::save_checkpoint(ckpt_dir.string(), req);
     log->info("saved checkpoint {} ({})", path, why);
     for (const auto& gone : checkpoints::prune_checkpoints(ckpt_dir.string(), static_cast<int>(cfg.checkpoint.keep_last),
@@ -263,10 +290,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   auto last_save = Clock::now();
   auto last_log = Clock::now();
   int64_t saved_step = opt.resume ? step : -1;
-  int64_t skipped_total = 0, consecutive_skips = 0;
+  int64_t consecutive_skips = 0;
   StepTotals interval;
   int64_t interval_tgt = 0, interval_steps = 0;
-  double last_gnorm = 0;
   const int64_t bucket = 1 << 22;  // gradient all-reduce bucket, in elements
   data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch,
                                                 cfg.train.batch_tokens);
@@ -320,6 +346,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
                         time_up ? 1 : 0};
     comm.all_reduce_max_host(flags, 3);
     ++batch_in_epoch;
+    step = this_step;
 
     if (flags[0]) {
       ++skipped_total;
@@ -335,11 +362,11 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
                               cfg.train.max_consecutive_skips));
     } else {
       consecutive_skips = 0;
-      step = this_step;
+      const int64_t updates = step - skipped_total;  // Adam's t, 1-based
       // ---- optional clipping (off in the paper), Adam with the warmup schedule ----
       float clip_scale = 1.0f;
       if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
-      const double lr = learning_rate(step, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
+      const double lr = learning_rate(updates, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
       k::AdamArgs<float> adam;
       adam.param = model.params();
       adam.grad = model.grads();
@@ -351,10 +378,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       adam.beta2 = static_cast<float>(cfg.train.adam_beta2);
       adam.eps = static_cast<float>(cfg.train.adam_eps);
       adam.grad_scale = clip_scale;
-      adam.bias1 = 1.0 - std::pow(cfg.train.adam_beta1, static_cast<double>(step));
-      adam.bias2 = 1.0 - std::pow(cfg.train.adam_beta2, static_cast<double>(step));
+      adam.bias1 = 1.0 - std::pow(cfg.train.adam_beta1, static_cast<double>(updates));
+      adam.bias2 = 1.0 - std::pow(cfg.train.adam_beta2, static_cast<double>(updates));
       k::adam(device, adam);
-      last_gnorm = gnorm;
 
       interval.loss += sums[0], interval.nll += sums[1], interval.tokens += counts[0], interval.correct += counts[1];
       interval_tgt += counts[0];
@@ -382,18 +408,19 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
         log->info("step {} | valid loss {:.4f} | ppl {:.2f} | acc {:.4f}", step, v[0], v[1], v[2]);
         metrics.write({{"step", step}, {"valid_loss", v[0]}, {"valid_ppl", v[1]}, {"valid_acc", v[2]}});
       }
-      const bool by_steps = cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0;
-      const bool by_time = cfg.checkpoint.every_minutes > 0 &&
-                           std::chrono::duration<double>(Clock::now() - last_save).count() >= cfg.checkpoint.every_minutes * 60.0;
-      if (leader && (by_steps || by_time)) {
-        try {
-          save(by_steps ? "periodic" : "every_minutes");
-          saved_step = step;
-        } catch (const Error& e) {
-          log->error("checkpoint at step {} was NOT saved: {}", step, e.what());
-        }
-        last_save = Clock::now();
+    }
+    // ---- periodic checkpoints (a skipped step is a step too: its checkpoint holds the unchanged state) ----
+    const bool by_steps = cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0;
+    const bool by_time = cfg.checkpoint.every_minutes > 0 &&
+                         std::chrono::duration<double>(Clock::now() - last_save).count() >= cfg.checkpoint.every_minutes * 60.0;
+    if (leader && (by_steps || by_time) && !flags[1]) {
+      try {
+        save(by_steps ? "periodic" : "every_minutes");
+        saved_step = step;
+      } catch (const Error& e) {
+        log->error("checkpoint at step {} was NOT saved: {}", step, e.what());
       }
+      last_save = Clock::now();
     }
     if (flags[1]) {
       log->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", step,
@@ -406,7 +433,6 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       break;
     }
   }
-  (void)last_gnorm;
 
   // ---- the end: a final checkpoint, then the average of the last ones ----
   std::string end_error;

@@ -4,8 +4,8 @@
 // optimiser and the checkpoint.
 //
 // Linear weights are [out, in] (PyTorch's layout). The q, k and v projections of an attention block are
-// adjacent in the table, so their weights form one [3D, D] matrix and their biases one [3D] vector: one
-// GEMM computes all three (cross-attention: k and v adjacent, [2D, D]).
+// adjacent in the table, so their weights form one [3D, D] matrix: one GEMM computes all three
+// (cross-attention: k and v adjacent, [2D, D]). They have no bias (see params.cpp); the output projection has.
 #include <cstdint>
 #include <string>
 #include <unordered_map>

@@ -42,4 +42,8 @@ struct VocabInfo {
 };
 VocabInfo parse_vocab_yaml(const std::string& text, const std::string& origin);
 
+// The loop's own state beyond step and cursor (checkpoint /extra/trainer_state.yaml).
+std::string trainer_state_yaml(int64_t skipped_steps);
+int64_t parse_trainer_state(const std::string& text, const std::string& origin);
+
 }  // namespace aiayn::trainer
