@@ -24,6 +24,8 @@ int main(int argc, char** argv) {
   add_train_command(app, ctx);
   add_bench_command(app, ctx);
   add_prepare_command(app, ctx);
+  add_eval_command(app, ctx);
+  add_translate_command(app, ctx);
   // [/commands]
   try {
     app.parse(argc, argv);
