@@ -76,48 +76,98 @@ void axpy(T alpha, const T* __restrict x, T* __restrict y, int n) {
   for (int d = 0; d < n; ++d) y[d] += alpha * x[d];
 }
 
+// One (sentence, head): all queries of sentence b against its keys, channels of head h. p_row [Tk] is scratch
+// for when probs is not saved. target_clones: an AVX-512 (x86-64-v4) clone beside the portable one, picked at
+// load time; the loops are the same, only the vector width differs (with FMA contraction in the clone, so the
+// last bits may differ between machines, as OpenBLAS's kernels do).
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(const AttentionForward<T>& a, int b,
+                                                                              int h, T* p_row) {
+  const AttentionShape<T>& s = a.shape;
+  const T scale = static_cast<T>(s.scale);
+  const int k_len = valid_keys(s, b);
+  for (int t = 0; t < s.Tq; ++t) {
+    const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
+    T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
+    T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : p_row;  // [Tk]
+    const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
+    T max = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      const T* k = a.k + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      p[j] = dot(q, k, s.Dh) * scale;
+      if (j == 0 || p[j] > max) max = p[j];
+    }
+    T sum = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      p[j] = std::exp(p[j] - max);
+      sum += p[j];
+    }
+    for (int j = 0; j < n_valid; ++j) p[j] /= sum;
+    for (int j = n_valid; j < s.Tk; ++j) p[j] = T(0);
+
+    const DropoutRow<T> drop(s, b, h, t);
+    for (int d = 0; d < s.Dh; ++d) out[d] = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      const T pj = p[j] * drop.factor(j);
+      const T* v = a.v + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      axpy(pj, v, out, s.Dh);
+    }
+  }
+}
+
+// One (sentence, head) of the backward pass; dp [Tk] is scratch.
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(const AttentionBackward<T>& a, int b,
+                                                                               int h, T* dp) {
+  const AttentionShape<T>& s = a.shape;
+  const T scale = static_cast<T>(s.scale);
+  // Overwrite semantics: clear this (b, h)'s channels of dk, dv (all Tk rows) and dq (all Tq rows).
+  for (int j = 0; j < s.Tk; ++j)
+    for (int d = 0; d < s.Dh; ++d) {
+      a.dk[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
+      a.dv[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
+    }
+  const int k_len = valid_keys(s, b);
+  for (int t = 0; t < s.Tq; ++t) {
+    const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
+    const T* dout = a.dout + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;
+    T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
+    const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+    const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
+    const DropoutRow<T> drop(s, b, h, t);
+
+    T p_dot_dp = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      const T factor = drop.factor(j);
+      const T* v = a.v + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      T* dv = a.dv + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      axpy(p[j] * factor, dout, dv, s.Dh);
+      dp[j] = dot(dout, v, s.Dh) * factor;
+      p_dot_dp += p[j] * dp[j];
+    }
+    for (int d = 0; d < s.Dh; ++d) dq[d] = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      const T ds = p[j] * (dp[j] - p_dot_dp) * scale;
+      const T* k = a.k + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      T* dk = a.dk + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      axpy(ds, k, dq, s.Dh);
+      axpy(ds, q, dk, s.Dh);
+    }
+  }
+}
+
 }  // namespace
 
 template <class T>
 void attention_forward(const AttentionForward<T>& a) {
   const AttentionShape<T>& s = a.shape;
   check_shape(s, "attention_forward");
-  const T scale = static_cast<T>(s.scale);
 #pragma omp parallel
   {
-    std::vector<T> p_row(s.Tk);  // scratch when probs is not saved
+    std::vector<T> p_row(s.Tk);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.H; ++h) {
-        const int k_len = valid_keys(s, b);
-        for (int t = 0; t < s.Tq; ++t) {
-          const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
-          T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
-          T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : p_row.data();  // [Tk]
-          const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
-          T max = T(0);
-          for (int j = 0; j < n_valid; ++j) {
-            const T* k = a.k + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            p[j] = dot(q, k, s.Dh) * scale;
-            if (j == 0 || p[j] > max) max = p[j];
-          }
-          T sum = T(0);
-          for (int j = 0; j < n_valid; ++j) {
-            p[j] = std::exp(p[j] - max);
-            sum += p[j];
-          }
-          for (int j = 0; j < n_valid; ++j) p[j] /= sum;
-          for (int j = n_valid; j < s.Tk; ++j) p[j] = T(0);
-
-          const DropoutRow<T> drop(s, b, h, t);
-          for (int d = 0; d < s.Dh; ++d) out[d] = T(0);
-          for (int j = 0; j < n_valid; ++j) {
-            const T pj = p[j] * drop.factor(j);
-            const T* v = a.v + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            axpy(pj, v, out, s.Dh);
-          }
-        }
-      }
+      for (int h = 0; h < s.H; ++h) forward_head(a, b, h, p_row.data());
   }
 }
 
@@ -126,47 +176,12 @@ void attention_backward(const AttentionBackward<T>& a) {
   const AttentionShape<T>& s = a.shape;
   check_shape(s, "attention_backward");
   AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
-  const T scale = static_cast<T>(s.scale);
 #pragma omp parallel
   {
     std::vector<T> dp(s.Tk);  // [Tk] gradient w.r.t. p (after undoing dropout), then w.r.t. the scores
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.H; ++h) {
-        // Overwrite semantics: clear this (b, h)'s channels of dk, dv (all Tk rows) and dq (all Tq rows).
-        for (int j = 0; j < s.Tk; ++j)
-          for (int d = 0; d < s.Dh; ++d) {
-            a.dk[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
-            a.dv[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
-          }
-        const int k_len = valid_keys(s, b);
-        for (int t = 0; t < s.Tq; ++t) {
-          const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
-          const T* dout = a.dout + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;
-          T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
-          const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
-          const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
-          const DropoutRow<T> drop(s, b, h, t);
-
-          T p_dot_dp = T(0);
-          for (int j = 0; j < n_valid; ++j) {
-            const T factor = drop.factor(j);
-            const T* v = a.v + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            T* dv = a.dv + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            axpy(p[j] * factor, dout, dv, s.Dh);
-            dp[j] = dot(dout, v, s.Dh) * factor;
-            p_dot_dp += p[j] * dp[j];
-          }
-          for (int d = 0; d < s.Dh; ++d) dq[d] = T(0);
-          for (int j = 0; j < n_valid; ++j) {
-            const T ds = p[j] * (dp[j] - p_dot_dp) * scale;
-            const T* k = a.k + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            T* dk = a.dk + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-            axpy(ds, k, dq, s.Dh);
-            axpy(ds, q, dk, s.Dh);
-          }
-        }
-      }
+      for (int h = 0; h < s.H; ++h) backward_head(a, b, h, dp.data());
   }
 }
 

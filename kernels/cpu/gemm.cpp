@@ -35,8 +35,15 @@ void gemm(const GemmArgs<T>& g) {
 template <class T>
 void relu_backward(const ReluBackward<T>& a) {
   const long n = static_cast<long>(a.n);
+  const T* y = a.y;
+  const T* dy = a.dy;
+  T* dx = a.dx;
+  // dy is loaded unconditionally so the select vectorises (a conditional load would not).
 #pragma omp parallel for simd  // dx may be dy (in place)
-  for (long i = 0; i < n; ++i) a.dx[i] = a.y[i] > T(0) ? a.dy[i] : T(0);
+  for (long i = 0; i < n; ++i) {
+    const T g = dy[i];
+    dx[i] = y[i] > T(0) ? g : T(0);
+  }
 }
 
 // db[c] += sum_r dy[r, c], summed in double over rows in order (the result does not depend on the threads).
@@ -59,8 +66,10 @@ void bias_grad(const BiasGrad<T>& a) {
 template <class T>
 void add(const AddArgs<T>& a) {
   const long n = static_cast<long>(a.n);
+  const T *x0 = a.a, *x1 = a.b;
+  T* y = a.y;
 #pragma omp parallel for simd  // y may be a or b (in place)
-  for (long i = 0; i < n; ++i) a.y[i] = a.a[i] + a.b[i];
+  for (long i = 0; i < n; ++i) y[i] = x0[i] + x1[i];
 }
 
 #define AIAYN_INSTANTIATE(T)                              \
