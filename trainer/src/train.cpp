@@ -176,6 +176,19 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     AIAYN_CHECK(cfg.precision != "bf16", "config key 'precision': bf16 is not implemented yet; use precision=fp32");
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
+  // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
+  // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL).
+  std::unique_ptr<comm::Communicator> nccl;
+  const char* grad_comm = std::getenv("AIAYN_GRADIENT_COMM");
+  const bool want_nccl = !(grad_comm && std::string(grad_comm) == "mpi");
+  on_all_ranks(comm, [&] {
+    if (device == k::Device::CUDA && comm.backend() != comm::Backend::NCCL && want_nccl && comm::nccl_compiled())
+      nccl = comm::make_nccl_communicator(comm.local_rank());
+  });
+  comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;
+  const bool stage_on_host = device == k::Device::CUDA && grad_comm_ref.backend() != comm::Backend::NCCL &&
+                             grad_comm_ref.size() > 1;
+  std::vector<float> host_bucket;
   ModelSpec spec;
   spec.arch = cfg.model;
   spec.vocab = info.vocab_size;
@@ -226,8 +239,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
   }
 
-  log->info("aiayn train: {} rank(s), device {}, {} thread(s) per rank ({}), {} parameters", world,
-            k::device_name(device), threads, k::cpu_backend_description(), n_params);
+  log->info("aiayn train: {} rank(s), device {}, gradients by {}{}, {} thread(s) per rank ({}), {} parameters", world,
+            k::device_name(device), comm::backend_name(grad_comm_ref.backend()), stage_on_host ? " (host-staged)" : "",
+            threads, k::cpu_backend_description(), n_params);
   log->info("corpus {}: {} pairs, vocabulary {}", train_path.string(), info.pairs, info.vocab_size);
 
   // ---- checkpoint writer (rank 0) ----
@@ -329,8 +343,17 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       }
 
       // ---- all-reduce gradients in buckets, then agree on statistics and faults ----
-      for (size_t off = 0; off < n_params; off += bucket)
-        comm.all_reduce_sum(model.grads() + off, std::min<size_t>(bucket, n_params - off));
+      for (size_t off = 0; off < n_params; off += bucket) {
+        const size_t n = std::min<size_t>(bucket, n_params - off);
+        if (stage_on_host) {
+          host_bucket.resize(n);
+          k::device_copy(k::Device::CPU, host_bucket.data(), device, model.grads() + off, n * sizeof(float));
+          grad_comm_ref.all_reduce_sum(host_bucket.data(), n);
+          k::device_copy(device, model.grads() + off, k::Device::CPU, host_bucket.data(), n * sizeof(float));
+        } else {
+          grad_comm_ref.all_reduce_sum(model.grads() + off, n);
+        }
+      }
     } catch (const Error& e) {
       throw Error(fmt::format("step {}: {}", this_step, e.what()));
     }
