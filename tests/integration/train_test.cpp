@@ -176,6 +176,26 @@ TEST_F(Train, SigtermStopsAPlainProcessToo) {
   EXPECT_TRUE(fs::exists(latest(run)));
 }
 
+// A dead peer ends the job with a message instead of a hang.
+TEST_F(Train, ADeadRankEndsTheWholeJob) {
+  const std::string run = tmp_ / "dead";
+  const pid_t pid = spawn_command(train(2, run, "--set train.max_steps=100000"), tmp_ / "dead.log");
+  for (int i = 0; i < 600 && losses(run).size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_GE(losses(run).size(), 3u) << read_file(tmp_ / "dead.log");
+  const std::string ranks = tmp_ / "ranks.txt";
+  ASSERT_EQ(std::system(("pgrep -s " + std::to_string(pid) + " -f 'aiayn train' > " + ranks).c_str()), 0);
+  std::ifstream in(ranks);
+  pid_t victim = 0;
+  in >> victim;
+  ASSERT_GT(victim, 0);
+  kill(victim, SIGKILL);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = wait_for(pid);
+  EXPECT_NE(rc, 0);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 60.0);
+  kill_session(pid, SIGKILL);
+}
+
 // Stop and resume is bit-identical to a run that never stopped: every logged loss, every byte of the state.
 class Resume : public Train, public ::testing::WithParamInterface<int> {};
 

@@ -1,0 +1,57 @@
+// The command line's contract: errors are one line naming the cause with exit status 1, usage errors 2,
+// bench prints one JSON line with the documented fields.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "run_helpers.hpp"
+#include "test_env.hpp"
+
+namespace aiayn::testing {
+namespace {
+
+TEST(Cli, UsageErrorsExitWithTwo) {
+  TempDir tmp;
+  EXPECT_EQ(run_command(aiayn_exe() + " train --no-such-flag", tmp / "a.log"), 2);
+  EXPECT_EQ(run_command(aiayn_exe(), tmp / "b.log"), 2);
+  EXPECT_EQ(run_command(aiayn_exe() + " --version", tmp / "c.log"), 0);
+}
+
+TEST(Cli, PrepareNamesTheMissingFile) {
+  TempDir tmp;
+  const int rc = run_command(aiayn_exe() + " prepare --train-src /nonexistent/a.en --train-tgt /nonexistent/a.de --out " +
+                                 (tmp / "out"), tmp / "p.log");
+  EXPECT_EQ(rc, 1);
+  const std::string log = read_file(tmp / "p.log");
+  EXPECT_NE(log.find("/nonexistent/a.en"), std::string::npos) << log;
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;  // one line
+  EXPECT_FALSE(std::filesystem::exists(tmp / "out/train.h5"));
+}
+
+TEST(Cli, BenchPrintsOneJsonLineWithTheBaselinesFields) {
+  TempDir tmp;
+  const int rc = run_command(aiayn_exe() + " bench --config " + source_dir() +
+                                 "/launch/configs/tiny.yaml --set device=cpu --vocab 100 --sentences 4 --src-len 5"
+                                 " --tgt-len 6 --steps 2 --warmup-steps 1 > " + (tmp / "b.json"),
+                             tmp / "b.log");
+  ASSERT_EQ(rc, 0) << read_file(tmp / "b.log");
+  const auto lines = read_jsonl(tmp / "b.json");
+  ASSERT_EQ(lines.size(), 1u);
+  for (const char* key : {"tgt_tok_s", "ms_per_step", "tflops", "sentences", "src_len", "tgt_len", "loss"})
+    EXPECT_TRUE(lines[0].contains(key)) << key;
+  EXPECT_GT(lines[0]["tgt_tok_s"].get<double>(), 0.0);
+}
+
+TEST(Cli, EvalNamesTheBadFile) {
+  TempDir tmp;
+  EXPECT_EQ(run_command(aiayn_exe() + " eval --checkpoint /nonexistent/c.h5 --data /nonexistent/t.h5", tmp / "e.log"), 1);
+  EXPECT_NE(read_file(tmp / "e.log").find("/nonexistent/t.h5"), std::string::npos) << read_file(tmp / "e.log");
+  std::ofstream(tmp / "garbage.h5") << "not an HDF5 file";
+  EXPECT_EQ(run_command(aiayn_exe() + " eval --checkpoint " + (tmp / "garbage.h5") + " --data " + (tmp / "garbage.h5"),
+                        tmp / "f.log"), 1);
+  EXPECT_NE(read_file(tmp / "f.log").find(tmp / "garbage.h5"), std::string::npos) << read_file(tmp / "f.log");
+}
+
+}  // namespace
+}  // namespace aiayn::testing
