@@ -331,6 +331,8 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     StepTotals local;
     const float grad_scale = 1.0f / static_cast<float>(std::max<int64_t>(1, gb.tgt_tokens));
     const DropoutContext dropout{true, static_cast<uint64_t>(cfg.train.seed), static_cast<uint64_t>(this_step)};
+    double sums[2] = {0, 0}, gnorm = 0;
+    int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
     try {
       for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, rank, world, cfg.train.max_tokens_per_rank)) {
         const Batch b = make_batch(train_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
@@ -354,20 +356,20 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
           grad_comm_ref.all_reduce_sum(model.grads() + off, n);
         }
       }
+      sums[0] = local.loss, sums[1] = local.nll;
+      counts[0] = local.tokens, counts[1] = local.correct;
+      comm.all_reduce_sum_host(sums, 2);
+      comm.all_reduce_sum_host(counts, 2);
+      gnorm = std::sqrt(k::sum_squares(device, k::SumSquaresArgs<float>{model.grads(), n_params}));
+      const bool time_up = minutes_limit > 0 &&
+                           std::chrono::duration<double>(Clock::now() - t_start).count() >= minutes_limit * 60.0;
+      flags[0] = (!std::isfinite(sums[0]) || !std::isfinite(gnorm)) ? 1 : 0;
+      flags[1] = g_stop_signal != 0 ? 1 : 0;
+      flags[2] = time_up ? 1 : 0;
+      comm.all_reduce_max_host(flags, 3);
     } catch (const Error& e) {
       throw Error(fmt::format("step {}: {}", this_step, e.what()));
     }
-    double sums[2] = {local.loss, local.nll};
-    int64_t counts[2] = {local.tokens, local.correct};
-    comm.all_reduce_sum_host(sums, 2);
-    comm.all_reduce_sum_host(counts, 2);
-    const double sq = k::sum_squares(device, k::SumSquaresArgs<float>{model.grads(), n_params});
-    const double gnorm = std::sqrt(sq);
-    const bool time_up = minutes_limit > 0 &&
-                         std::chrono::duration<double>(Clock::now() - t_start).count() >= minutes_limit * 60.0;
-    int64_t flags[3] = {(!std::isfinite(sums[0]) || !std::isfinite(gnorm)) ? 1 : 0, g_stop_signal != 0 ? 1 : 0,
-                        time_up ? 1 : 0};
-    comm.all_reduce_max_host(flags, 3);
     ++batch_in_epoch;
     step = this_step;
 
