@@ -2,16 +2,80 @@
 //   lse = log sum_j exp(x_j);  logp_j = x_j - lse
 //   loss_n = (1 - eps) * (lse - x_y) + eps * mean_j(lse - x_j);  nll_n = lse - x_y
 //   dlogits[n, j] = grad_scale * (softmax_j - (1 - eps) [j == y] - eps / V)
-// One exp per logit (V = 8000 of them per token are this op's cost), in double like the sums.
+// One exp per logit (V = 8000 of them per token are this op's cost), in double like the sums; the exp is the
+// vectorisable exp_nonpositive below, not libm's (a scalar call per logit was 5% of a training step).
 // All reads of a row happen before its gradient is written, so dlogits may alias logits. Row results are
 // kept per row and summed in row order: the totals do not depend on the thread count.
 #include "kernels/ops/cross_entropy.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
 namespace aiayn::kernels::cpu {
+namespace {
+
+// exp(x) for x <= 0 to within a few ulp, in a form the compiler vectorises: x = n ln2 + r with |r| <= ln2 / 2,
+// exp(r) by its Taylor series to r^13 (truncation < 1e-17 relative), times 2^n built from exponent bits.
+// x below -708 gives exp(-708) ~ 3e-308 instead of a denormal or 0: against the row maximum's exp(0) = 1 it is
+// nothing either way.
+inline double exp_nonpositive(double x) {
+  constexpr double kLog2e = 1.4426950408889634, kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
+  x = x < -708.0 ? -708.0 : x;
+  const double n = std::floor(x * kLog2e + 0.5);
+  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
+  constexpr double kInvFactorial[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
+                                        1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800,
+                                        1.0 / 479001600, 1.0 / 6227020800};
+  double p = kInvFactorial[13];
+#pragma GCC unroll 13
+  for (int i = 12; i >= 0; --i) p = p * r + kInvFactorial[i];  // Horner
+  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+struct RowResult {
+  double loss, nll;
+  bool correct;
+};
+
+// One row that is not padding. AVX-512 (x86-64-v4) clone beside the portable one; the sums' lane order
+// depends on the vector width, so the last bits may differ between machines, never between thread counts.
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) RowResult
+row(const T* x, T* dx, int V, int y, double eps, T grad_scale) {
+  T max = x[0];
+#pragma omp simd reduction(max : max)
+  for (int j = 0; j < V; ++j) max = x[j] > max ? x[j] : max;
+  int argmax = 0;  // the first maximum
+  while (argmax < V - 1 && x[argmax] != max) ++argmax;  // (a NaN max stops at the end)
+  double sum_x = 0.0, sum_exp = 0.0;
+#pragma omp simd reduction(+ : sum_x, sum_exp)
+  for (int j = 0; j < V; ++j) {
+    sum_x += x[j];
+    sum_exp += exp_nonpositive(double(x[j]) - double(max));
+  }
+  const double lse = double(max) + std::log(sum_exp);
+  const double nll = lse - double(x[y]);
+  RowResult r{(1.0 - eps) * nll + eps * (lse - sum_x / V), nll, argmax == y};
+  if (dx) {  // the last reads of x are above: dx may be x
+    const double shift = -lse;
+    const T off_target = static_cast<T>(eps / V);
+#pragma omp simd
+    for (int j = 0; j < V; ++j) {
+      const T softmax = static_cast<T>(exp_nonpositive(double(x[j]) + shift));
+      dx[j] = grad_scale * (softmax - off_target);
+    }
+    dx[y] -= static_cast<T>(grad_scale * (1.0 - eps));
+  }
+  return r;
+}
+
+}  // namespace
 
 template <class T>
 CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a) {
@@ -34,34 +98,11 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a) {
         for (int j = 0; j < a.V; ++j) dx[j] = T(0);
       continue;
     }
-    // Pass 1: max (first maximum), sum of x. Pass 2: e_j = exp(x_j - max) in double, summed, kept in dx (as T)
-    // when the gradient is wanted (x is read for the last time here, so dx may alias it). Pass 3: the gradient.
-    T max = x[0];
-    int argmax = 0;
-    double sum_x = 0.0;
-    for (int j = 0; j < a.V; ++j) {
-      if (x[j] > max) max = x[j], argmax = j;
-      sum_x += x[j];
-    }
-    const double x_y = x[y];
-    double sum_exp = 0.0;
-    for (int j = 0; j < a.V; ++j) {
-      const double e = std::exp(double(x[j]) - double(max));
-      sum_exp += e;
-      if (dx) dx[j] = static_cast<T>(e);
-    }
-    const double lse = double(max) + std::log(sum_exp);
-    const double nll = lse - x_y;
-    row_nll[n] = nll;
-    row_loss[n] = (1.0 - eps) * nll + eps * (lse - sum_x / a.V);
+    const RowResult r = row(x, dx, a.V, y, eps, static_cast<T>(a.grad_scale));
+    row_loss[n] = r.loss;
+    row_nll[n] = r.nll;
     row_counted[n] = 1;
-    row_correct[n] = argmax == y;
-    if (dx) {
-      const T inv_sum = static_cast<T>(1.0 / sum_exp), scale = a.grad_scale;
-      const T off_target = static_cast<T>(eps / a.V);
-      for (int j = 0; j < a.V; ++j) dx[j] = scale * (dx[j] * inv_sum - off_target);
-      dx[y] -= static_cast<T>(a.grad_scale * (1.0 - eps));
-    }
+    row_correct[n] = r.correct;
   }
   CrossEntropyStats stats;
   for (int n = 0; n < a.N; ++n) {

@@ -309,6 +309,38 @@ TEST(CrossEntropy, UniformLogitsGiveLogV) {
   EXPECT_EQ(s.correct, 0);                          // first maximum is index 0, never a target here
 }
 
+// The CPU op takes its exp from a polynomial (cpu/cross_entropy.cpp), not libm: checked here against libm's exp
+// and log in double, over logits spread wide enough (-40 .. 40) that the range reduction runs through many
+// powers of two and some terms underflow against the maximum. A few ulp per exp, summed over V terms: 1e-12.
+TEST(CrossEntropy, MatchesLibmInDouble) {
+  const int N = 5, V = 301;
+  Rng rng(43);
+  const std::vector<double> logits = rng.vec<double>(size_t(N) * V, -40, 40);
+  const std::vector<int32_t> targets = {0, 300, 17, 2, 150};
+  const double eps = double(0.1f), grad_scale = 0.5;  // the op takes float arguments
+  std::vector<double> dlogits(logits.size());
+  CrossEntropyArgs<double> a;
+  a.logits = logits.data(), a.dlogits = dlogits.data(), a.targets = targets.data(), a.N = N, a.V = V;
+  a.pad_id = -1, a.smoothing = float(eps), a.grad_scale = float(grad_scale);
+  const CrossEntropyStats s = cpu::cross_entropy(a);
+  double loss = 0, nll = 0;
+  for (int n = 0; n < N; ++n) {
+    const double* x = logits.data() + size_t(n) * V;
+    double max = x[0], sum = 0, sum_x = 0;
+    for (int j = 0; j < V; ++j) max = std::max(max, x[j]);
+    for (int j = 0; j < V; ++j) sum += std::exp(x[j] - max), sum_x += x[j];
+    const double lse = max + std::log(sum), row_nll = lse - x[targets[n]];
+    nll += row_nll;
+    loss += (1 - eps) * row_nll + eps * (lse - sum_x / V);
+    for (int j = 0; j < V; ++j) {
+      const double expect = grad_scale * (std::exp(x[j] - lse) - (j == targets[n] ? 1 - eps : 0) - eps / V);
+      EXPECT_NEAR(dlogits[size_t(n) * V + j], expect, 1e-15) << n << "," << j;
+    }
+  }
+  EXPECT_NEAR(s.nll, nll, 1e-12 * nll);
+  EXPECT_NEAR(s.loss, loss, 1e-12 * loss);
+}
+
 // ---- adam, sum_squares, scale --------------------------------------------------------------------------------
 
 TEST(Adam, MatchesHandComputedSteps) {
