@@ -18,7 +18,7 @@ void add_translate_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--max-len-b", opts->max_len_b, "maximum output length = source length + N (default: eval.max_len_b)");
   cmd->add_option("--device", opts->device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("--batch-lines", opts->batch_lines, "lines read before they are decoded together");
-  cmd->add_option("--batch-tokens", opts->batch_tokens, "padded source tokens per decoding batch, per beam row");
+  cmd->add_option("--batch-tokens", opts->batch_tokens, "decoding batch size: sentences x beam x (source length + max_len_b + 1)");
   cmd->add_option("--threads", opts->threads, "CPU threads (0 = all cores)");
   cmd->callback([opts, beam_opt, &ctx]() {
     AIAYN_CHECK(beam_opt->count() == 0 || opts->beam >= 1, "--beam must be at least 1 (got " + std::to_string(opts->beam) + ")");

@@ -60,8 +60,10 @@ InferenceModel load_inference_model(const std::string& checkpoint, k::Device dev
 
 namespace {
 
-// Sentences sorted by (length, index) and cut into batches of at most batch_tokens padded tokens per beam row.
-std::vector<std::vector<int64_t>> decode_batches(const std::vector<int32_t>& lengths, int beam, int64_t batch_tokens) {
+// Sentences sorted by (length, index) and cut into batches whose decoder state stays within batch_tokens
+// positions: sentences * beam * (longest source + max_len_b + 1) (the self-attention cache rows per layer).
+std::vector<std::vector<int64_t>> decode_batches(const std::vector<int32_t>& lengths, const BeamOptions& beam,
+                                                 int64_t batch_tokens) {
   std::vector<int64_t> order(lengths.size());
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] < lengths[b]; });
@@ -69,8 +71,8 @@ std::vector<std::vector<int64_t>> decode_batches(const std::vector<int32_t>& len
   std::vector<int64_t> cur;
   int64_t longest = 0;
   for (int64_t i : order) {
-    const int64_t l = std::max<int64_t>(lengths[i], 1);
-    if (!cur.empty() && static_cast<int64_t>(cur.size() + 1) * std::max(longest, l) * beam > batch_tokens) {
+    const int64_t l = std::max<int64_t>(lengths[i], 1) + beam.max_len_b + 1;
+    if (!cur.empty() && static_cast<int64_t>(cur.size() + 1) * std::max(longest, l) * beam.beam > batch_tokens) {
       batches.push_back(std::move(cur));
       cur.clear();
       longest = 0;
@@ -114,7 +116,7 @@ std::vector<Hypothesis> decode_in_batches(IncrementalDecoder<float>& decoder,
   std::vector<int32_t> lengths;
   for (const auto& s : sources) lengths.push_back(static_cast<int32_t>(s.size()));
   std::vector<Hypothesis> out(sources.size());
-  for (const auto& batch : decode_batches(lengths, options.beam, batch_tokens)) {
+  for (const auto& batch : decode_batches(lengths, options, batch_tokens)) {
     std::vector<std::vector<int32_t>> srcs;
     for (int64_t i : batch) srcs.push_back(sources[i]);
     auto hyps = beam_search(decoder, srcs, options);
@@ -182,7 +184,7 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
   AIAYN_CHECK(info.has_text, fmt::format("{}: has no raw reference text (/tgt/text); BLEU needs a held-out split "
                                          "written by `aiayn prepare`", opt.data));
   const auto t0 = std::chrono::steady_clock::now();
-  const auto batches = decode_batches(src_len, beam.beam, opt.batch_tokens);
+  const auto batches = decode_batches(src_len, beam, opt.batch_tokens);
   const auto [d0, d1] = block_of(batches.size(), rank, world);
   IncrementalDecoder<float> decoder(model);
   nlohmann::json hyps_mine = nlohmann::json::array();

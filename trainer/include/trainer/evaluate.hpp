@@ -41,8 +41,9 @@ struct InferenceModel {
 // /extra/vocab.yaml. Throws aiayn::Error naming the file (missing, not a checkpoint, missing extra, ...).
 InferenceModel load_inference_model(const std::string& checkpoint, kernels::Device device);
 
-// Decodes `sources` (each ending in EOS) in batches of at most `batch_tokens` padded source tokens times the
-// beam (sentences sorted by length, ties by index); results in input order.
+// Decodes `sources` (each ending in EOS) in batches sorted by length (ties by index) whose decoder state,
+// sentences * beam * (longest source + max_len_b + 1) cache rows, stays within `batch_tokens` (a single longer
+// sentence gets a batch of its own); results in input order.
 std::vector<Hypothesis> decode_in_batches(IncrementalDecoder<float>& decoder,
                                           const std::vector<std::vector<int32_t>>& sources,
                                           const BeamOptions& options, int64_t batch_tokens);
@@ -54,7 +55,7 @@ struct EvalOptions {
   double lenpen = -1;      // < 0: the checkpoint's eval.lenpen
   int64_t max_len_b = -1;  // < 0: the checkpoint's eval.max_len_b
   std::string device = "auto";
-  int64_t batch_tokens = 8192;
+  int64_t batch_tokens = 16384;  // loss: padded tokens per side; decoding: see decode_in_batches
   int64_t threads = 0;  // 0: cores / ranks on the node
 };
 
@@ -69,7 +70,7 @@ struct TranslateOptions {
   int64_t max_len_b = -1;
   std::string device = "auto";
   int64_t batch_lines = 256;  // lines read before decoding them
-  int64_t batch_tokens = 8192;
+  int64_t batch_tokens = 16384;
   int64_t threads = 0;
 };
 
