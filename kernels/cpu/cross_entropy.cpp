@@ -18,21 +18,34 @@ namespace aiayn::kernels::cpu {
 namespace {
 
 // exp(x) for x <= 0 to within a few ulp, in a form the compiler vectorises: x = n ln2 + r with |r| <= ln2 / 2,
-// exp(r) by its Taylor series to r^13 (truncation < 1e-17 relative), times 2^n built from exponent bits.
-// x below -708 gives exp(-708) ~ 3e-308 instead of a denormal or 0: against the row maximum's exp(0) = 1 it is
-// nothing either way.
+// exp(r) by its Taylor series to r^13 (truncation < 1e-17 relative), times 2^n built from exponent bits. n is
+// rounded by adding 1.5 * 2^52, which leaves it in the low bits of the sum (no float-to-int conversion, which
+// SSE cannot vectorise). x below -708 gives exp(-708) ~ 3e-308 instead of a denormal or 0: against the row
+// maximum's exp(0) = 1 it is nothing either way.
 inline double exp_nonpositive(double x) {
   constexpr double kLog2e = 1.4426950408889634, kLn2Hi = 0.6931471803691238, kLn2Lo = 1.9082149292705877e-10;
+  constexpr double kRound = 6755399441055744.0;  // 1.5 * 2^52
   x = x < -708.0 ? -708.0 : x;
-  const double n = std::floor(x * kLog2e + 0.5);
+  const double shifted = x * kLog2e + kRound;
+  const double n = shifted - kRound;  // round(x / ln2), in [-1022, 0]
   const double r = (x - n * kLn2Hi) - n * kLn2Lo;
-  constexpr double kInvFactorial[14] = {1.0, 1.0, 1.0 / 2, 1.0 / 6, 1.0 / 24, 1.0 / 120, 1.0 / 720, 1.0 / 5040,
-                                        1.0 / 40320, 1.0 / 362880, 1.0 / 3628800, 1.0 / 39916800,
-                                        1.0 / 479001600, 1.0 / 6227020800};
-  double p = kInvFactorial[13];
-#pragma GCC unroll 13
-  for (int i = 12; i >= 0; --i) p = p * r + kInvFactorial[i];  // Horner
-  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(n) + 1023) << 52;
+  double p = 1.0 / 6227020800;  // 1/13!, then Horner down to 1/0!
+  p = p * r + 1.0 / 479001600;
+  p = p * r + 1.0 / 39916800;
+  p = p * r + 1.0 / 3628800;
+  p = p * r + 1.0 / 362880;
+  p = p * r + 1.0 / 40320;
+  p = p * r + 1.0 / 5040;
+  p = p * r + 1.0 / 720;
+  p = p * r + 1.0 / 120;
+  p = p * r + 1.0 / 24;
+  p = p * r + 1.0 / 6;
+  p = p * r + 1.0 / 2;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  uint64_t bits;
+  std::memcpy(&bits, &shifted, sizeof bits);
+  bits = (bits + 1023) << 52;  // the low 12 bits hold n + 1023 in [1, 1023]: the exponent field of 2^n
   double scale;
   std::memcpy(&scale, &bits, sizeof scale);
   return p * scale;
@@ -65,10 +78,15 @@ row(const T* x, T* dx, int V, int y, double eps, T grad_scale) {
   if (dx) {  // the last reads of x are above: dx may be x
     const double shift = -lse;
     const T off_target = static_cast<T>(eps / V);
+    // In blocks through a local buffer: written as one loop that reads x and stores dx, GCC 12 does not
+    // vectorise the clamp in exp_nonpositive ("control flow in loop"); as two loops it does.
+    for (int j0 = 0; j0 < V; j0 += 64) {
+      double e[64];
+      const int n = V - j0 < 64 ? V - j0 : 64;
 #pragma omp simd
-    for (int j = 0; j < V; ++j) {
-      const T softmax = static_cast<T>(exp_nonpositive(double(x[j]) + shift));
-      dx[j] = grad_scale * (softmax - off_target);
+      for (int j = 0; j < n; ++j) e[j] = exp_nonpositive(double(x[j0 + j]) + shift);
+#pragma omp simd
+      for (int j = 0; j < n; ++j) dx[j0 + j] = grad_scale * (static_cast<T>(e[j]) - off_target);
     }
     dx[y] -= static_cast<T>(grad_scale * (1.0 - eps));
   }
