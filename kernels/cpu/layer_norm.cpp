@@ -10,22 +10,70 @@
 
 namespace aiayn::kernels::cpu {
 
+namespace {
+// The row loops below get an AVX-512 (x86-64-v4) clone beside the portable one, chosen at load time; the sums'
+// lane order follows the vector width, so the last bits may differ between machines, never between thread counts.
+#define AIAYN_CLONES __attribute__((target_clones("arch=x86-64-v4", "default")))
+
+template <class T>
+AIAYN_CLONES void forward_row(const LayerNormForward<T>& a, int r) {
+  const T* x = a.x + size_t(r) * a.cols;  // [cols]
+  T* y = a.y + size_t(r) * a.cols;        // [cols]
+  double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
+  for (int c = 0; c < a.cols; ++c) sum += x[c];
+  const double mean = sum / a.cols;
+  double sq = 0.0;
+#pragma omp simd reduction(+ : sq)
+  for (int c = 0; c < a.cols; ++c) sq += (x[c] - mean) * (x[c] - mean);
+  const double rstd = 1.0 / std::sqrt(sq / a.cols + double(a.eps));
+  for (int c = 0; c < a.cols; ++c) y[c] = static_cast<T>((x[c] - mean) * rstd * a.gamma[c] + a.beta[c]);
+  if (a.mean) a.mean[r] = static_cast<T>(mean);
+  if (a.rstd) a.rstd[r] = static_cast<T>(rstd);
+}
+
+// dgamma, dbeta for columns c0 .. c1 - 1, rows in order.
+template <class T>
+AIAYN_CLONES void param_grad_block(const LayerNormBackward<T>& a, int c0, int c1, double* dgamma, double* dbeta) {
+  for (int r = 0; r < a.rows; ++r) {
+    const T* x = a.x + size_t(r) * a.cols;
+    const T* dy = a.dy + size_t(r) * a.cols;
+    const double mean = a.mean[r], rstd = a.rstd[r];
+    for (int c = c0; c < c1; ++c) {
+      dgamma[c - c0] += double(dy[c]) * (x[c] - mean) * rstd;
+      dbeta[c - c0] += dy[c];
+    }
+  }
+}
+
+template <class T>
+AIAYN_CLONES void backward_row(const LayerNormBackward<T>& a, int r) {
+  const T* x = a.x + size_t(r) * a.cols;
+  const T* dy = a.dy + size_t(r) * a.cols;
+  T* dx = a.dx + size_t(r) * a.cols;
+  const double mean = a.mean[r], rstd = a.rstd[r];
+  double g_sum = 0.0, g_xhat_sum = 0.0;
+#pragma omp simd reduction(+ : g_sum, g_xhat_sum)
+  for (int c = 0; c < a.cols; ++c) {
+    const double g = double(dy[c]) * a.gamma[c];
+    g_sum += g;
+    g_xhat_sum += g * (x[c] - mean) * rstd;
+  }
+  const double g_mean = g_sum / a.cols, g_xhat_mean = g_xhat_sum / a.cols;
+#pragma omp simd  // dx may be dy: element c reads dy[c] before writing dx[c]
+  for (int c = 0; c < a.cols; ++c) {
+    const double xhat = (x[c] - mean) * rstd;
+    const double g = double(dy[c]) * a.gamma[c];
+    dx[c] = static_cast<T>(rstd * (g - g_mean - xhat * g_xhat_mean));
+  }
+}
+#undef AIAYN_CLONES
+}  // namespace
+
 template <class T>
 void layer_norm_forward(const LayerNormForward<T>& a) {
 #pragma omp parallel for
-  for (int r = 0; r < a.rows; ++r) {
-    const T* x = a.x + size_t(r) * a.cols;  // [cols]
-    T* y = a.y + size_t(r) * a.cols;        // [cols]
-    double sum = 0.0;
-    for (int c = 0; c < a.cols; ++c) sum += x[c];
-    const double mean = sum / a.cols;
-    double sq = 0.0;
-    for (int c = 0; c < a.cols; ++c) sq += (x[c] - mean) * (x[c] - mean);
-    const double rstd = 1.0 / std::sqrt(sq / a.cols + double(a.eps));
-    for (int c = 0; c < a.cols; ++c) y[c] = static_cast<T>((x[c] - mean) * rstd * a.gamma[c] + a.beta[c]);
-    if (a.mean) a.mean[r] = static_cast<T>(mean);
-    if (a.rstd) a.rstd[r] = static_cast<T>(rstd);
-  }
+  for (int r = 0; r < a.rows; ++r) forward_row(a, r);
 }
 
 template <class T>
@@ -37,15 +85,7 @@ void layer_norm_backward(const LayerNormBackward<T>& a) {
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kBlock, c1 = std::min(a.cols, c0 + kBlock);
     double dgamma[kBlock] = {}, dbeta[kBlock] = {};
-    for (int r = 0; r < a.rows; ++r) {
-      const T* x = a.x + size_t(r) * a.cols;
-      const T* dy = a.dy + size_t(r) * a.cols;
-      const double mean = a.mean[r], rstd = a.rstd[r];
-      for (int c = c0; c < c1; ++c) {
-        dgamma[c - c0] += double(dy[c]) * (x[c] - mean) * rstd;
-        dbeta[c - c0] += dy[c];
-      }
-    }
+    param_grad_block(a, c0, c1, dgamma, dbeta);
     for (int c = c0; c < c1; ++c) {
       if (a.dgamma) a.dgamma[c] += static_cast<T>(dgamma[c - c0]);
       if (a.dbeta) a.dbeta[c] += static_cast<T>(dbeta[c - c0]);
@@ -53,24 +93,7 @@ void layer_norm_backward(const LayerNormBackward<T>& a) {
   }
   // dx, row by row.
 #pragma omp parallel for
-  for (int r = 0; r < a.rows; ++r) {
-    const T* x = a.x + size_t(r) * a.cols;
-    const T* dy = a.dy + size_t(r) * a.cols;
-    T* dx = a.dx + size_t(r) * a.cols;
-    const double mean = a.mean[r], rstd = a.rstd[r];
-    double g_sum = 0.0, g_xhat_sum = 0.0;
-    for (int c = 0; c < a.cols; ++c) {
-      const double g = double(dy[c]) * a.gamma[c];
-      g_sum += g;
-      g_xhat_sum += g * (x[c] - mean) * rstd;
-    }
-    const double g_mean = g_sum / a.cols, g_xhat_mean = g_xhat_sum / a.cols;
-    for (int c = 0; c < a.cols; ++c) {
-      const double xhat = (x[c] - mean) * rstd;
-      const double g = double(dy[c]) * a.gamma[c];
-      dx[c] = static_cast<T>(rstd * (g - g_mean - xhat * g_xhat_mean));
-    }
-  }
+  for (int r = 0; r < a.rows; ++r) backward_row(a, r);
 }
 
 template void layer_norm_forward<float>(const LayerNormForward<float>&);
