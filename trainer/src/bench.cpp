@@ -84,11 +84,12 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
     k::adam(device, a);
   };
   int64_t s = 0;
+  auto sync = [&] { if (device == k::Device::CUDA) k::cuda_synchronize(); };
   for (int i = 0; i < o.warmup_steps; ++i) step(++s);
-  k::cuda_synchronize();
+  sync();
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < o.steps; ++i) step(++s);
-  k::cuda_synchronize();
+  sync();
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.steps;
   const double flops = train_flops_per_step(cfg.model.layers, cfg.model.d_model, cfg.model.d_ff, o.vocab, o.sentences,
                                             o.src_len, o.tgt_len);
