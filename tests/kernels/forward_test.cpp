@@ -69,6 +69,21 @@ TEST(Gemm, AllTransposesBiasReluFloatAndDouble) {
         }
 }
 
+// Products of at least 2^20 multiply-adds are split into blocks of rows (m >= n) or of columns (m < n), one per
+// OpenMP thread (cpu/blas.cpp). Odd sizes and 3 threads give uneven, non-multiple-of-16 last blocks.
+TEST(Gemm, SplitOverThreadsByRowsAndByColumns) {
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(3);
+  const int shapes[][3] = {{133, 97, 83}, {97, 133, 83}, {1100, 7, 137}, {7, 1100, 137}};
+  for (auto& s : shapes)
+    for (int ta = 0; ta < 2; ++ta)
+      for (int tb = 0; tb < 2; ++tb) {
+        check_gemm<float>(ta, tb, s[0], s[1], s[2], /*bias=*/true, /*relu=*/false, 1.0f);
+        check_gemm<double>(ta, tb, s[0], s[1], s[2], /*bias=*/false, /*relu=*/true, 0.0f);
+      }
+  omp_set_num_threads(saved);
+}
+
 TEST(Gemm, BetaZeroIgnoresNaNInC) {
   std::vector<float> a = {1, 2}, b = {3, 4}, c = {std::numeric_limits<float>::quiet_NaN()};
   GemmArgs<float> g;
