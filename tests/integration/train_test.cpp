@@ -78,7 +78,7 @@ double relative_l2(const std::map<std::string, std::vector<float>>& a, const std
 }
 
 // The global batch does not depend on the number of ranks, and dropout masks are keyed by corpus index:
-// one rank (with gradient accumulation) and two ranks take the same steps, up to summation order.
+// one rank and two ranks take the same steps (the bounds: losses within 1e-4, parameters within 1e-5).
 TEST_F(Train, OneAndTwoRanksTakeTheSameStepsWithDropout) {
   const std::string r1 = tmp_ / "r1", r2 = tmp_ / "r2";
   ASSERT_EQ(run_command(train(1, r1, "--set train.max_steps=30 --set model.dropout=0.1"), tmp_ / "r1.log"), 0)
@@ -90,6 +90,11 @@ TEST_F(Train, OneAndTwoRanksTakeTheSameStepsWithDropout) {
   ASSERT_EQ(b.size(), 30u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_LT(std::fabs(a[i] - b[i]) / a[i], 1e-4) << "step " << i + 1;
   EXPECT_LT(relative_l2(checkpoint_tensors(latest(r1), false), checkpoint_tensors(latest(r2), false)), 1e-5);
+  // Stronger: with train.shards = 2 (the default) both runs add the same shard gradients in the same order, so
+  // every loss and every parameter and Adam moment is bit-identical.
+  EXPECT_EQ(a, b);
+  const auto ta = checkpoint_tensors(latest(r1), true), tb = checkpoint_tensors(latest(r2), true);
+  for (const auto& [name, x] : ta) EXPECT_EQ(x, tb.at(name)) << name;
   // and the loss falls on the synthetic corpus
   EXPECT_LT(a.back(), a.front() - 0.5);
   // every rank writes its own log; rank 0 writes the metrics with exactly the documented fields
@@ -103,10 +108,11 @@ TEST_F(Train, OneAndTwoRanksTakeTheSameStepsWithDropout) {
 }
 
 // A NaN in one rank's gradient makes every rank skip the step; parameters and Adam state stay unchanged.
-// With a memory cap below the batch, one rank accumulates several micro-batches while two ranks do one each.
-// The pairs per step are the same; the micro-batch shapes differ, so BLAS sums in another order and Adam's
-// normalisation amplifies those last-bit differences in rarely-active weights: a looser bound on the parameters
-// (1e-4), the same bound on the losses.
+// With a smaller memory cap on one rank than on two, the pairs per step are the same but the micro-batch
+// shapes differ, so BLAS sums in another order. Such last-bit differences do not stay small: a ReLU unit whose
+// input sits at zero switches on in one run and not the other, and Adam turns that unit's first gradient into
+// a full-size step (seen: 2e-9 relative difference in the gradient norm at step 1, 1e-4 at step 30). Hence a
+// looser bound on the parameters (1e-4) than for equal caps (bit-identical above), the same bound on losses.
 TEST_F(Train, GradientAccumulationTakesTheSameSteps) {
   const std::string r1 = tmp_ / "acc1", r2 = tmp_ / "acc2";
   ASSERT_EQ(run_command(train(1, r1, "--set train.max_steps=20 --set train.max_tokens_per_rank=200"), tmp_ / "a1.log"), 0)

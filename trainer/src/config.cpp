@@ -68,6 +68,7 @@ const std::vector<Key>& schema() {
     add("train.valid_every", Kind::Int, 0, big, t(&TrainSection::valid_every));
     add("train.max_consecutive_skips", Kind::Int, 1, big, t(&TrainSection::max_consecutive_skips));
     add("train.threads", Kind::Int, 0, 1024, t(&TrainSection::threads));
+    add("train.shards", Kind::Int, 1, 65536, t(&TrainSection::shards));
     add("checkpoint.every_steps", Kind::Int, 0, big, ck(&CheckpointSection::every_steps));
     add("checkpoint.every_minutes", Kind::Real, 0, big, ck(&CheckpointSection::every_minutes));
     add("checkpoint.keep_last", Kind::Int, 1, big, ck(&CheckpointSection::keep_last));

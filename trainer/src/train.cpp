@@ -110,6 +110,57 @@ void set_aside_after_resume(const fs::path& dir, int64_t step, spdlog::logger& l
   }
 }
 
+// Pairwise summation of per-shard gradients (a binary counter of partial sums): shards pushed in order
+// combine as ((g0 + g1) + (g2 + g3)) + ..., the same tree whichever ranks hold them. With two ranks the
+// all-reduce makes the last addition, g_left + g_right, exactly as one rank does: the float results agree.
+class ShardSums {
+ public:
+  ShardSums(k::Device device, size_t n) : device_(device), n_(n) {}
+
+  // Takes a copy of the next shard's gradient.
+  void push(const float* grads) {
+    auto cur = take();
+    k::device_copy(device_, cur->data(), device_, grads, n_ * sizeof(float));
+    int level = 0;
+    while (!stack_.empty() && stack_.back().level == level) {  // left (older) + right (newer)
+      float* left = stack_.back().buf->data();
+      k::add(device_, k::AddArgs<float>{left, cur->data(), left, n_});
+      free_.push_back(std::move(cur));
+      cur = std::move(stack_.back().buf);
+      stack_.pop_back();
+      ++level;
+    }
+    stack_.push_back({std::move(cur), level});
+  }
+
+  // Folds what is left, right to left, and writes the total to `grads`.
+  void finish(float* grads) {
+    for (size_t i = stack_.size(); i-- > 1;) {
+      float* left = stack_[i - 1].buf->data();
+      k::add(device_, k::AddArgs<float>{left, stack_[i].buf->data(), left, n_});
+    }
+    if (!stack_.empty()) k::device_copy(device_, grads, device_, stack_.front().buf->data(), n_ * sizeof(float));
+    for (auto& e : stack_) free_.push_back(std::move(e.buf));
+    stack_.clear();
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<k::DeviceArray<float>> buf;
+    int level;
+  };
+  std::unique_ptr<k::DeviceArray<float>> take() {
+    if (free_.empty()) return std::make_unique<k::DeviceArray<float>>(device_, n_);
+    auto b = std::move(free_.back());
+    free_.pop_back();
+    return b;
+  }
+  k::Device device_;
+  size_t n_;
+  std::vector<Entry> stack_;
+  std::vector<std::unique_ptr<k::DeviceArray<float>>> free_;
+};
+
 struct StepTotals {  // summed over ranks and micro-batches
   double loss = 0, nll = 0;
   int64_t tokens = 0, correct = 0;
@@ -312,6 +363,13 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
                                                 cfg.train.batch_tokens);
   int exit_status = 0;
   const double minutes_limit = cfg.train.max_minutes;
+  // Each global batch is cut into `shards` shares the same way whatever the number of ranks (train.shards,
+  // rounded up to a multiple of the ranks); rank r computes shares [r * per_rank, (r + 1) * per_rank), each
+  // on its own, summed pairwise (ShardSums). One rank and train.shards ranks then add the same numbers in the
+  // same order: their steps agree bit for bit, not just up to summation order.
+  const int shards = static_cast<int>(((std::max<int64_t>(cfg.train.shards, world) + world - 1) / world) * world);
+  const int shards_per_rank = shards / world, first_shard = rank * shards_per_rank;
+  ShardSums shard_sums(device, n_params);
 
   while (true) {
     // ---- stop conditions that need no agreement (same on every rank) ----
@@ -334,11 +392,17 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     double sums[2] = {0, 0}, gnorm = 0;
     int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
     try {
-      for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, rank, world, cfg.train.max_tokens_per_rank)) {
-        const Batch b = make_batch(train_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
-        const auto st = model.forward_backward(b, dropout, grad_scale);
-        local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
+      // This rank's shards, each computed on its own and combined pairwise (see ShardSums).
+      for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
+        if (v > first_shard) model.zero_grads();
+        for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank)) {
+          const Batch b = make_batch(train_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
+          const auto st = model.forward_backward(b, dropout, grad_scale);
+          local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
+        }
+        if (shards_per_rank > 1) shard_sums.push(model.grads());
       }
+      if (shards_per_rank > 1) shard_sums.finish(model.grads());
       if (inject_nan_here(rank, this_step)) {
         const float nan = std::nanf("");
         k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
