@@ -7,6 +7,7 @@
 #include "comm/communicator.hpp"
 #include "aiayn/error.hpp"
 #include "commands.hpp"
+#include "ranks.hpp"
 #include "trainer/evaluate.hpp"
 
 namespace aiayn::launch {
@@ -25,21 +26,14 @@ void add_eval_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--threads", opts->threads, "CPU threads per rank (0 = cores / ranks on the node)");
   cmd->callback([opts, beam_opt, &ctx]() {
     AIAYN_CHECK(beam_opt->count() == 0 || opts->beam >= 1, "--beam must be at least 1 (got " + std::to_string(opts->beam) + ")");
-    comm::MpiSession mpi(ctx.argc, ctx.argv);
-    auto comm = mpi.active() ? comm::make_mpi_communicator() : comm::make_local_communicator();
-    try {
-      const auto result = trainer::run_eval(*opts, *comm);
-      if (comm->rank() == 0) {
+    run_on_ranks(ctx, [&](comm::Communicator& comm) {
+      const auto result = trainer::run_eval(*opts, comm);
+      if (comm.rank() == 0) {
         std::printf("%s\n", result.dump().c_str());
         std::fflush(stdout);
       }
-      ctx.status = 0;
-    } catch (const std::exception& e) {
-      if (comm->size() == 1) throw;
-      std::fprintf(stderr, "aiayn: error: rank %d: %s\n", comm->rank(), e.what());
-      std::fflush(stderr);
-      comm::abort_job(1);
-    }
+      return 0;
+    });
   });
 }
 

@@ -8,19 +8,16 @@
 #include <fmt/format.h>
 
 #include "aiayn/error.hpp"
+#include "kernels/dropout_hash.hpp"
 
 namespace aiayn::data {
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// splitmix64, shared with the dropout masks and the initialisation.
+using kernels::mix64;
 
 uint64_t mix(uint64_t seed, uint64_t epoch, uint64_t stream) {
-  return splitmix64(splitmix64(splitmix64(seed) ^ epoch) ^ (stream * 0xd6e8feb86659fd93ULL));
+  return mix64(mix64(mix64(seed) ^ epoch) ^ (stream * 0xd6e8feb86659fd93ULL));
 }
 
 // Padded tokens per side of `count` pairs whose longest sentences are max_src and max_tgt.
@@ -47,7 +44,7 @@ BatchPlan BatchPlan::build(const std::vector<int32_t>& src_len, const std::vecto
                 fmt::format("batch planner: pair {} has an empty side ({} / {} tokens)", i, src_len[i], tgt_len[i]));
     const uint64_t t = uint64_t(std::min<int32_t>(tgt_len[i], 0xffff));
     const uint64_t s = uint64_t(std::min<int32_t>(src_len[i], 0xffff));
-    const uint64_t h = splitmix64(tie_seed ^ uint64_t(i)) >> 32;
+    const uint64_t h = mix64(tie_seed ^ uint64_t(i)) >> 32;
     keyed[i] = {(t << 48) | (s << 32) | h, int64_t(i)};
   }
   std::sort(keyed.begin(), keyed.end());
@@ -74,7 +71,7 @@ BatchPlan BatchPlan::build(const std::vector<int32_t>& src_len, const std::vecto
   // Fisher-Yates over the batches with a per-epoch stream.
   const uint64_t order_seed = mix(seed, uint64_t(epoch), 2);
   for (size_t k = plan.batches_.size(); k > 1; --k) {
-    const size_t j = size_t(splitmix64(order_seed ^ uint64_t(k)) % k);
+    const size_t j = size_t(mix64(order_seed ^ uint64_t(k)) % k);
     std::swap(plan.batches_[k - 1], plan.batches_[j]);
   }
   return plan;

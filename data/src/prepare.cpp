@@ -18,6 +18,7 @@
 #include <sentencepiece_trainer.h>
 
 #include "aiayn/error.hpp"
+#include "kernels/dropout_hash.hpp"
 #include "data/corpus_writer.hpp"
 #include "data/sha256.hpp"
 #include "data/tokenizer.hpp"
@@ -99,12 +100,6 @@ class LinesIterator : public sentencepiece::SentenceIterator {
   size_t next_ = 0;
 };
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
 
 std::string train_tokenizer(const std::vector<std::string>& src, const std::vector<std::string>& tgt,
                             const PrepareOptions& o) {
@@ -117,7 +112,7 @@ std::string train_tokenizer(const std::vector<std::string>& src, const std::vect
   // A deterministic sample for big corpora (SentencePiece's own sampling is seeded from the clock).
   if (o.max_tokenizer_sentences > 0 && int64_t(lines.size()) > o.max_tokenizer_sentences) {
     std::vector<std::pair<uint64_t, const std::string*>> keyed(lines.size());
-    for (size_t i = 0; i < lines.size(); ++i) keyed[i] = {splitmix64(i), lines[i]};
+    for (size_t i = 0; i < lines.size(); ++i) keyed[i] = {kernels::mix64(i), lines[i]};
     std::nth_element(keyed.begin(), keyed.begin() + o.max_tokenizer_sentences, keyed.end());
     keyed.resize(size_t(o.max_tokenizer_sentences));
     std::sort(keyed.begin(), keyed.end());

@@ -16,22 +16,19 @@
 #include <fmt/format.h>
 
 #include "aiayn/error.hpp"
+#include "kernels/dropout_hash.hpp"
 #include "data/prepare.hpp"
 
 namespace aiayn::data {
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// splitmix64, shared with the dropout masks and the initialisation.
+using kernels::mix64;
 
 class Rng {
  public:
   explicit Rng(uint64_t state) : state_(state) {}
-  uint64_t next() { return splitmix64(state_++ * 0x2545f4914f6cdd1dULL + 0x1234567ULL); }
+  uint64_t next() { return mix64(state_++ * 0x2545f4914f6cdd1dULL + 0x1234567ULL); }
   size_t below(size_t n) { return size_t(next() % n); }
   bool chance(int percent) { return below(100) < size_t(percent); }
 
@@ -186,7 +183,7 @@ void write_lines(const std::string& path, const std::vector<std::string>& lines)
 }  // namespace
 
 std::pair<std::string, std::string> synthetic_pair(uint64_t seed, uint64_t stream, uint64_t index) {
-  Rng rng(splitmix64(splitmix64(splitmix64(seed) ^ stream) ^ index));
+  Rng rng(mix64(mix64(mix64(seed) ^ stream) ^ index));
   std::vector<std::string> src, tgt;
   clause(rng, true, src, tgt);
   if (rng.chance(30) && src.size() <= 6) {  // 6 + "and" + at most 7 words: 14

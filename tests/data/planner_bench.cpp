@@ -10,17 +10,14 @@
 #include <vector>
 
 #include "data/batch_planner.hpp"
+#include "kernels/dropout_hash.hpp"
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// splitmix64, shared with the dropout masks and the initialisation.
+using aiayn::kernels::mix64;
 
-double uniform(uint64_t key) { return (double(splitmix64(key) >> 11) + 0.5) / double(1ULL << 53); }
+double uniform(uint64_t key) { return (double(mix64(key) >> 11) + 0.5) / double(1ULL << 53); }
 
 long max_rss_mib() {
   rusage u{};

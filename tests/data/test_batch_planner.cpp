@@ -6,18 +6,16 @@
 #include <gtest/gtest.h>
 
 #include "aiayn/error.hpp"
+#include "kernels/dropout_hash.hpp"
 #include "data/batch_planner.hpp"
+#include "kernels/dropout_hash.hpp"
 
 using namespace aiayn::data;
 
 namespace {
 
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-  return x ^ (x >> 31);
-}
+// splitmix64, shared with the dropout masks and the initialisation.
+using aiayn::kernels::mix64;
 
 struct Lengths {
   std::vector<int32_t> src, tgt;
@@ -27,7 +25,7 @@ struct Lengths {
 Lengths make_lengths(size_t n) {
   Lengths l;
   for (size_t i = 0; i < n; ++i) {
-    const uint64_t h = splitmix64(i);
+    const uint64_t h = mix64(i);
     int32_t s = int32_t(1 + h % 60 + (h >> 20) % 60);
     int32_t t = int32_t(std::max<int64_t>(1, s + int64_t((h >> 40) % 21) - 10));
     if (i % 997 == 0) s = t = 300;
