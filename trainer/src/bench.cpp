@@ -74,14 +74,7 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
     model.zero_grads();
     const auto st = model.forward_backward(b, DropoutContext{true, 1, static_cast<uint64_t>(s)}, 1.0f / b.tgt_tokens);
     last_loss = st.loss / std::max<int64_t>(1, st.tokens);
-    k::AdamArgs<float> a;
-    a.param = model.params(), a.grad = model.grads(), a.m = m.data(), a.v = v.data(), a.n = n;
-    a.lr = static_cast<float>(learning_rate(s, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale));
-    a.beta1 = static_cast<float>(cfg.train.adam_beta1), a.beta2 = static_cast<float>(cfg.train.adam_beta2);
-    a.eps = static_cast<float>(cfg.train.adam_eps);
-    a.bias1 = 1 - std::pow(cfg.train.adam_beta1, static_cast<double>(s));
-    a.bias2 = 1 - std::pow(cfg.train.adam_beta2, static_cast<double>(s));
-    k::adam(device, a);
+    k::adam(device, adam_update(cfg, s, model.params(), model.grads(), m.data(), v.data(), n));
   };
   int64_t s = 0;
   auto sync = [&] { if (device == k::Device::CUDA) k::cuda_synchronize(); };

@@ -488,6 +488,14 @@ struct Model<T>::Impl {
     k::embed_backward(dev, k::EmbedBackward<T>{src, ds, G(emb), Ns, D, V, std::sqrt(static_cast<float>(D))});
   }
 
+  // Lays out the arena for the batch (with room for the backward pass if asked), uploads it, runs both stacks.
+  void forward(const Batch& batch, const DropoutContext& dc, bool backward) {
+    layout(batch.B, batch.S, batch.T, backward);
+    upload(batch);
+    encode(dc);
+    decode(dc);
+  }
+
   k::CrossEntropyStats loss(float smoothing, bool grad, float grad_scale) {
     k::CrossEntropyArgs<T> c;
     c.logits = logits;
@@ -529,10 +537,7 @@ void Model<T>::zero_grads() {
 template <class T>
 kernels::CrossEntropyStats Model<T>::forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale) {
   Impl& m = *impl_;
-  m.layout(batch.B, batch.S, batch.T, /*backward=*/true);
-  m.upload(batch);
-  m.encode(dropout);
-  m.decode(dropout);
+  m.forward(batch, dropout, /*backward=*/true);
   const auto stats = m.loss(static_cast<float>(spec_.arch.label_smoothing), true, grad_scale);
   m.backward(dropout);
   return stats;
@@ -541,22 +546,14 @@ kernels::CrossEntropyStats Model<T>::forward_backward(const Batch& batch, const 
 template <class T>
 kernels::CrossEntropyStats Model<T>::forward_loss(const Batch& batch, float smoothing) {
   Impl& m = *impl_;
-  const DropoutContext off{};
-  m.layout(batch.B, batch.S, batch.T, /*backward=*/false);
-  m.upload(batch);
-  m.encode(off);
-  m.decode(off);
+  m.forward(batch, DropoutContext{}, /*backward=*/false);
   return m.loss(smoothing, false, 1.0f);
 }
 
 template <class T>
 std::vector<T> Model<T>::forward_log_probs(const Batch& batch) {
   Impl& m = *impl_;
-  const DropoutContext off{};
-  m.layout(batch.B, batch.S, batch.T, false);
-  m.upload(batch);
-  m.encode(off);
-  m.decode(off);
+  m.forward(batch, DropoutContext{}, /*backward=*/false);
   const size_t n = static_cast<size_t>(batch.B) * batch.T * spec_.vocab;
   std::vector<T> out(n);
   kernels::device_copy(Device::CPU, out.data(), device_, m.logits, n * sizeof(T));

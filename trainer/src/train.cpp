@@ -297,12 +297,14 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
 
   // ---- checkpoint writer (rank 0) ----
   std::string tokenizer_bytes;
-  {
-    std::ifstream in(fs::path(opt.data_dir) / "tokenizer.model", std::ios::binary);
+  on_all_ranks(comm, [&] {
+    const fs::path tok = fs::path(opt.data_dir) / "tokenizer.model";
+    std::ifstream in(tok, std::ios::binary);
+    AIAYN_CHECK(in.good(), fmt::format("{}: cannot read the tokenizer model (checkpoints carry it)", tok.string()));
     std::stringstream ss;
     ss << in.rdbuf();
     tokenizer_bytes = ss.str();
-  }
+  });
   auto save = [&](const char* why) {
     if (!leader) return;
     std::vector<float> p(n_params), m(n_params), v(n_params);
@@ -332,10 +334,13 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   };
 
   // ---- validation: the valid set split across ranks, sums all-reduced ----
+  const data::BatchPlan valid_plan =
+      valid_data ? data::BatchPlan::build(valid_data->src_lengths(), valid_data->tgt_lengths(), 0, 0, cfg.train.batch_tokens)
+                 : data::BatchPlan{};
   auto validate = [&]() {
     const auto& vs = valid_data->src_lengths();
     const auto& vt = valid_data->tgt_lengths();
-    const data::BatchPlan plan = data::BatchPlan::build(vs, vt, 0, 0, cfg.train.batch_tokens);
+    const data::BatchPlan& plan = valid_plan;
     double sums[3] = {0, 0, 0};  // nll, tokens, correct
     for (const auto& gb : plan.batches()) {
       for (const auto& mb : data::split_for_rank(gb, vs, vt, rank, world, cfg.train.max_tokens_per_rank)) {
@@ -455,20 +460,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       // ---- optional clipping (off in the paper), Adam with the warmup schedule ----
       float clip_scale = 1.0f;
       if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
+      const auto adam = adam_update(cfg, updates, model.params(), model.grads(), adam_m.data(), adam_v.data(),
+                                    n_params, clip_scale);
       const double lr = learning_rate(updates, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
-      k::AdamArgs<float> adam;
-      adam.param = model.params();
-      adam.grad = model.grads();
-      adam.m = adam_m.data();
-      adam.v = adam_v.data();
-      adam.n = n_params;
-      adam.lr = static_cast<float>(lr);
-      adam.beta1 = static_cast<float>(cfg.train.adam_beta1);
-      adam.beta2 = static_cast<float>(cfg.train.adam_beta2);
-      adam.eps = static_cast<float>(cfg.train.adam_eps);
-      adam.grad_scale = clip_scale;
-      adam.bias1 = 1.0 - std::pow(cfg.train.adam_beta1, static_cast<double>(updates));
-      adam.bias2 = 1.0 - std::pow(cfg.train.adam_beta2, static_cast<double>(updates));
       k::adam(device, adam);
 
       interval.loss += sums[0], interval.nll += sums[1], interval.tokens += counts[0], interval.correct += counts[1];
