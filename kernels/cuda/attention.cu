@@ -84,7 +84,7 @@ __device__ __forceinline__ float dot_smem(const float* a, const float* b, int Dh
 __global__ void attention_forward_kernel(Params p, const float* __restrict__ q, const float* __restrict__ k,
                                          const float* __restrict__ v, float* __restrict__ out,
                                          float* __restrict__ lse) {
-  extern __shared__ float smem[];
+  AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Qs = smem;
   float* Ks = Qs + kRowTile * Dh;
@@ -180,7 +180,7 @@ __global__ void attention_dq_kernel(Params p, const float* __restrict__ dout, co
                                     const float* __restrict__ k, const float* __restrict__ v,
                                     const float* __restrict__ lse, const float* __restrict__ delta,
                                     float* __restrict__ dq) {
-  extern __shared__ float smem[];
+  AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Qs = smem;
   float* dOs = Qs + kRowTile * Dh;
@@ -261,7 +261,7 @@ __global__ void attention_dkdv_kernel(Params p, const float* __restrict__ dout, 
                                       const float* __restrict__ k, const float* __restrict__ v,
                                       const float* __restrict__ lse, const float* __restrict__ delta,
                                       float* __restrict__ dk, float* __restrict__ dv) {
-  extern __shared__ float smem[];
+  AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Ks = smem;
   float* Vs = Ks + kRowTile * Dh;
@@ -377,8 +377,7 @@ void attention_forward(const AttentionForward<float>& a, Stream s) {
   const size_t smem = sizeof(float) * (size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
   allow_shared(attention_forward_kernel, smem);
   const dim3 grid((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-  attention_forward_kernel<<<grid, kWarps * 32, smem, as_cuda(s)>>>(p, a.q, a.k, a.v, a.out, a.lse);
-  AIAYN_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+  cuda_detail::launch("attention_forward_kernel", attention_forward_kernel, grid, kWarps * 32, smem, as_cuda(s), p, a.q, a.k, a.v, a.out, a.lse);
 }
 
 void attention_backward(const AttentionBackward<float>& a, Stream s) {
@@ -393,21 +392,18 @@ void attention_backward(const AttentionBackward<float>& a, Stream s) {
   const size_t rows = size_t(sh.B) * sh.H * sh.Tq;
   if (rows > 0) {
     AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&delta), rows * sizeof(float), st));
-    attention_delta_kernel<<<unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, st>>>(p, a.dout, a.out, delta);
-    AIAYN_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+    cuda_detail::launch("attention_delta_kernel", attention_delta_kernel, unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, st, p, a.dout, a.out, delta);
     const size_t smem_dq = sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
     allow_shared(attention_dq_kernel, smem_dq);
     const dim3 grid_q((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    attention_dq_kernel<<<grid_q, kWarps * 32, smem_dq, st>>>(p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dq);
-    AIAYN_CUDA_CHECK_LAUNCH("attention_dq_kernel");
+    cuda_detail::launch("attention_dq_kernel", attention_dq_kernel, grid_q, kWarps * 32, smem_dq, st, p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dq);
   }
   if (sh.Tk > 0) {
     const size_t smem_kv =
         sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1) + 2 * kColTile);
     allow_shared(attention_dkdv_kernel, smem_kv);
     const dim3 grid_k((sh.Tk + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    attention_dkdv_kernel<<<grid_k, kWarps * 32, smem_kv, st>>>(p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dk, a.dv);
-    AIAYN_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
+    cuda_detail::launch("attention_dkdv_kernel", attention_dkdv_kernel, grid_k, kWarps * 32, smem_kv, st, p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dk, a.dv);
   }
   if (delta) AIAYN_CUDA_CHECK(cudaFreeAsync(delta, st));
 }

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <string>
+#include <utility>
 
 #include "aiayn/error.hpp"
 #include "kernels/device.hpp"
@@ -21,19 +22,26 @@
                            __FILE__, __LINE__);                                                             \
   } while (0)
 
-// After a <<<...>>> launch: configuration errors surface here (execution errors at the next sync).
-#define AIAYN_CUDA_CHECK_LAUNCH(what)                                                                      \
-  do {                                                                                                      \
-    const cudaError_t aiayn_cuda_err_ = cudaGetLastError();                                                 \
-    if (aiayn_cuda_err_ != cudaSuccess)                                                                     \
-      throw ::aiayn::Error(std::string("CUDA launch of ") + (what) + " failed: " +                          \
-                               cudaGetErrorString(aiayn_cuda_err_),                                         \
-                           __FILE__, __LINE__);                                                             \
-  } while (0)
+// Dynamic shared memory of a kernel: `AIAYN_DYNAMIC_SHARED(float, smem);` declares `float* smem`-like storage
+// sized by the launch.
+#define AIAYN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
 
 namespace aiayn::kernels::cuda_detail {
 
 inline cudaStream_t as_cuda(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// Every kernel launch goes through here: the kernel, its grid, block, dynamic shared memory and stream, then
+// its arguments. Configuration errors surface at once as an aiayn::Error naming `what` (execution errors at
+// the next synchronisation).
+template <class... Params, class... Args>
+void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+            Args&&... args) {
+  kernel<<<grid, block, smem, st>>>(std::forward<Args>(args)...);
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess)
+    throw ::aiayn::Error(std::string("CUDA launch of ") + what + " failed: " + cudaGetErrorString(err), __FILE__,
+                         __LINE__);
+}
 
 // Blocks for a grid-stride loop over n elements (capped: the loop covers the rest).
 inline unsigned grid_for(size_t n, int threads, unsigned cap = 65535u * 8u) {

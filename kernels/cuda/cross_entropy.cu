@@ -156,11 +156,8 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s) {
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), row_bytes + sizeof(Totals), st));
   RowResult* rows = reinterpret_cast<RowResult*>(scratch);
   Totals* totals = reinterpret_cast<Totals*>(scratch + row_bytes);
-  cross_entropy_row_kernel<<<a.N, kRowThreads, 0, st>>>(a.logits, a.dlogits, a.targets, rows, a.V, a.pad_id,
-                                                        a.smoothing, a.grad_scale);
-  AIAYN_CUDA_CHECK_LAUNCH("cross_entropy_row_kernel");
-  cross_entropy_total_kernel<<<1, kReduceThreads, 0, st>>>(rows, a.N, totals);
-  AIAYN_CUDA_CHECK_LAUNCH("cross_entropy_total_kernel");
+  cuda_detail::launch("cross_entropy_row_kernel", cross_entropy_row_kernel, a.N, kRowThreads, 0, st, a.logits, a.dlogits, a.targets, rows, a.V, a.pad_id, a.smoothing, a.grad_scale);
+  cuda_detail::launch("cross_entropy_total_kernel", cross_entropy_total_kernel, 1, kReduceThreads, 0, st, rows, a.N, totals);
   Totals host{};
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host, totals, sizeof(Totals), cudaMemcpyDeviceToHost, st));
   AIAYN_CUDA_CHECK(cudaFreeAsync(scratch, st));

@@ -38,8 +38,7 @@ void apply_dropout(const DropoutArgs<float>& a, Stream s, const char* op) {
   AIAYN_CHECK(a.pair != nullptr, std::string(op) + ": p > 0 needs the pair index of each sentence");
   AIAYN_CHECK(a.seq_len > 0 && a.rows % a.seq_len == 0, std::string(op) + ": rows must be a multiple of seq_len");
   const int threads = a.cols >= 256 ? 256 : ((a.cols + 31) / 32) * 32;
-  dropout_kernel<<<a.rows, threads, 0, st>>>(a.x, a.y, a.cols, a.seq_len, a.pair, a.seed, a.step, a.site, a.p);
-  AIAYN_CUDA_CHECK_LAUNCH(op);
+  cuda_detail::launch(op, dropout_kernel, a.rows, threads, 0, st, a.x, a.y, a.cols, a.seq_len, a.pair, a.seed, a.step, a.site, a.p);
 }
 
 }  // namespace

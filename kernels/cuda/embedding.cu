@@ -72,8 +72,7 @@ void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char
   int* first_bad = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&first_bad), sizeof(int), st));
   AIAYN_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f > any N
-  find_bad_id_kernel<<<cuda_detail::grid_for(N, 256, 1024), 256, 0, st>>>(ids, N, V, first_bad);
-  AIAYN_CUDA_CHECK_LAUNCH(op);
+  cuda_detail::launch(op, find_bad_id_kernel, cuda_detail::grid_for(N, 256, 1024), 256, 0, st, ids, N, V, first_bad);
   int host_bad = INT_MAX;
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host_bad, first_bad, sizeof(int), cudaMemcpyDeviceToHost, st));
   AIAYN_CUDA_CHECK(cudaFreeAsync(first_bad, st));
@@ -97,9 +96,7 @@ void embed_forward(const EmbedForward<float>& a, Stream s) {
   if (a.N == 0 || a.D == 0) return;
   const cudaStream_t st = as_cuda(s);
   with_id_check(a.ids, a.N, a.V, st, "embed_forward", [&] {
-    embed_forward_kernel<<<a.N, kThreads, 0, st>>>(a.ids, a.table, a.out, a.positions, a.D, a.V, a.seq_len, a.scale,
-                                                   a.add_positions);
-    AIAYN_CUDA_CHECK_LAUNCH("embed_forward_kernel");
+    cuda_detail::launch("embed_forward_kernel", embed_forward_kernel, a.N, kThreads, 0, st, a.ids, a.table, a.out, a.positions, a.D, a.V, a.seq_len, a.scale, a.add_positions);
   });
 }
 
@@ -122,12 +119,10 @@ void embed_backward(const EmbedBackward<float>& a, Stream s) {
     int32_t* order_in = sorted_ids + a.N;
     int32_t* order = order_in + a.N;
     void* cub_tmp = scratch + ints * sizeof(int32_t);
-    iota_kernel<<<cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st>>>(order_in, a.N);
-    AIAYN_CUDA_CHECK_LAUNCH("iota_kernel");
+    cuda_detail::launch("iota_kernel", iota_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, order_in, a.N);
     AIAYN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, 0,
                                                      end_bit, st));
-    embed_backward_kernel<<<a.N, kThreads, 0, st>>>(sorted_ids, order, a.dout, a.dtable, a.N, a.D, a.scale);
-    AIAYN_CUDA_CHECK_LAUNCH("embed_backward_kernel");
+    cuda_detail::launch("embed_backward_kernel", embed_backward_kernel, a.N, kThreads, 0, st, sorted_ids, order, a.dout, a.dtable, a.N, a.D, a.scale);
     AIAYN_CUDA_CHECK(cudaFreeAsync(scratch, st));
   });
 }

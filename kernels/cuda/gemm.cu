@@ -98,8 +98,7 @@ __global__ void bias_act_kernel(float* __restrict__ c, int m, int n, int ldc, fl
 }
 
 void launch_bias_act(float* c, int m, int n, int ldc, float beta, const float* bias, bool relu, cudaStream_t st) {
-  bias_act_kernel<<<grid_for(size_t(m) * n, 256), 256, 0, st>>>(c, m, n, ldc, beta, bias, relu);
-  AIAYN_CUDA_CHECK_LAUNCH("bias_act_kernel");
+  cuda_detail::launch("bias_act_kernel", bias_act_kernel, grid_for(size_t(m) * n, 256), 256, 0, st, c, m, n, ldc, beta, bias, relu);
 }
 
 __global__ void relu_backward_kernel(const float* __restrict__ y, const float* dy, float* dx, size_t n) {
@@ -227,8 +226,7 @@ void gemm(const GemmArgs<float>& g, Stream s) {
 
 void relu_backward(const ReluBackward<float>& a, Stream s) {
   if (a.n == 0) return;
-  relu_backward_kernel<<<grid_for(a.n, 256), 256, 0, as_cuda(s)>>>(a.y, a.dy, a.dx, a.n);
-  AIAYN_CUDA_CHECK_LAUNCH("relu_backward_kernel");
+  cuda_detail::launch("relu_backward_kernel", relu_backward_kernel, grid_for(a.n, 256), 256, 0, as_cuda(s), a.y, a.dy, a.dx, a.n);
 }
 
 void bias_grad(const BiasGrad<float>& a, Stream s) {
@@ -240,17 +238,14 @@ void bias_grad(const BiasGrad<float>& a, Stream s) {
   float* partial = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(chunks) * a.cols * sizeof(float), st));
   const dim3 grid((a.cols + kColTile - 1) / kColTile, chunks);
-  column_sum_partial_kernel<<<grid, dim3(kColTile, kRowLanes), 0, st>>>(a.dy, partial, a.rows, a.cols);
-  AIAYN_CUDA_CHECK_LAUNCH("column_sum_partial_kernel");
-  column_sum_final_kernel<<<(a.cols + 255) / 256, 256, 0, st>>>(partial, a.db, chunks, a.cols);
-  AIAYN_CUDA_CHECK_LAUNCH("column_sum_final_kernel");
+  cuda_detail::launch("column_sum_partial_kernel", column_sum_partial_kernel, grid, dim3(kColTile, kRowLanes), 0, st, a.dy, partial, a.rows, a.cols);
+  cuda_detail::launch("column_sum_final_kernel", column_sum_final_kernel, (a.cols + 255) / 256, 256, 0, st, partial, a.db, chunks, a.cols);
   AIAYN_CUDA_CHECK(cudaFreeAsync(partial, st));
 }
 
 void add(const AddArgs<float>& a, Stream s) {
   if (a.n == 0) return;
-  add_kernel<<<grid_for(a.n, 256), 256, 0, as_cuda(s)>>>(a.a, a.b, a.y, a.n);
-  AIAYN_CUDA_CHECK_LAUNCH("add_kernel");
+  cuda_detail::launch("add_kernel", add_kernel, grid_for(a.n, 256), 256, 0, as_cuda(s), a.a, a.b, a.y, a.n);
 }
 
 }  // namespace cuda

@@ -120,9 +120,7 @@ void layer_norm_forward(const LayerNormForward<float>& a, Stream s) {
   AIAYN_CHECK(a.rows >= 0 && a.cols > 0, "layer_norm_forward: bad shape");
   if (a.rows == 0) return;
   const unsigned blocks = (a.rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  layer_norm_forward_kernel<<<blocks, kWarpsPerBlock * 32, 0, as_cuda(s)>>>(a.x, a.gamma, a.beta, a.y, a.mean, a.rstd,
-                                                                            a.rows, a.cols, a.eps);
-  AIAYN_CUDA_CHECK_LAUNCH("layer_norm_forward_kernel");
+  cuda_detail::launch("layer_norm_forward_kernel", layer_norm_forward_kernel, blocks, kWarpsPerBlock * 32, 0, as_cuda(s), a.x, a.gamma, a.beta, a.y, a.mean, a.rstd, a.rows, a.cols, a.eps);
 }
 
 void layer_norm_backward(const LayerNormBackward<float>& a, Stream s) {
@@ -137,18 +135,12 @@ void layer_norm_backward(const LayerNormBackward<float>& a, Stream s) {
     float* part_gamma = part;
     float* part_beta = part + size_t(chunks) * a.cols;
     const dim3 grid((a.cols + kColTile - 1) / kColTile, chunks);
-    layer_norm_param_partial_kernel<<<grid, dim3(kColTile, kRowLanes), 0, st>>>(a.dy, a.x, a.mean, a.rstd, part_gamma,
-                                                                                part_beta, a.rows, a.cols);
-    AIAYN_CUDA_CHECK_LAUNCH("layer_norm_param_partial_kernel");
-    layer_norm_param_final_kernel<<<(a.cols + 255) / 256, 256, 0, st>>>(part_gamma, part_beta, a.dgamma, a.dbeta,
-                                                                        chunks, a.cols);
-    AIAYN_CUDA_CHECK_LAUNCH("layer_norm_param_final_kernel");
+    cuda_detail::launch("layer_norm_param_partial_kernel", layer_norm_param_partial_kernel, grid, dim3(kColTile, kRowLanes), 0, st, a.dy, a.x, a.mean, a.rstd, part_gamma, part_beta, a.rows, a.cols);
+    cuda_detail::launch("layer_norm_param_final_kernel", layer_norm_param_final_kernel, (a.cols + 255) / 256, 256, 0, st, part_gamma, part_beta, a.dgamma, a.dbeta, chunks, a.cols);
     AIAYN_CUDA_CHECK(cudaFreeAsync(part, st));
   }
   const unsigned blocks = (a.rows + kWarpsPerBlock - 1) / kWarpsPerBlock;
-  layer_norm_dx_kernel<<<blocks, kWarpsPerBlock * 32, 0, st>>>(a.dy, a.x, a.gamma, a.mean, a.rstd, a.dx, a.rows,
-                                                               a.cols);
-  AIAYN_CUDA_CHECK_LAUNCH("layer_norm_dx_kernel");
+  cuda_detail::launch("layer_norm_dx_kernel", layer_norm_dx_kernel, blocks, kWarpsPerBlock * 32, 0, st, a.dy, a.x, a.gamma, a.mean, a.rstd, a.dx, a.rows, a.cols);
 }
 
 }  // namespace cuda

@@ -61,10 +61,7 @@ namespace cuda {
 
 void adam(const AdamArgs<float>& a, Stream s) {
   if (a.n == 0) return;
-  adam_kernel<<<grid_for(a.n, kThreads), kThreads, 0, as_cuda(s)>>>(
-      a.param, a.grad, a.m, a.v, a.n, a.lr, a.beta1, a.beta2, a.eps, a.grad_scale, static_cast<float>(a.bias1),
-      static_cast<float>(a.bias2));
-  AIAYN_CUDA_CHECK_LAUNCH("adam_kernel");
+  cuda_detail::launch("adam_kernel", adam_kernel, grid_for(a.n, kThreads), kThreads, 0, as_cuda(s),  a.param, a.grad, a.m, a.v, a.n, a.lr, a.beta1, a.beta2, a.eps, a.grad_scale, static_cast<float>(a.bias1), static_cast<float>(a.bias2));
 }
 
 double sum_squares(const SumSquaresArgs<float>& a, Stream s) {
@@ -72,10 +69,8 @@ double sum_squares(const SumSquaresArgs<float>& a, Stream s) {
   const cudaStream_t st = as_cuda(s);
   double* partial = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), (kPartials + 1) * sizeof(double), st));
-  sum_squares_partial_kernel<<<kPartials, kThreads, 0, st>>>(a.x, a.n, partial);
-  AIAYN_CUDA_CHECK_LAUNCH("sum_squares_partial_kernel");
-  sum_partials_kernel<<<1, 1024, 0, st>>>(partial, kPartials, partial + kPartials);
-  AIAYN_CUDA_CHECK_LAUNCH("sum_partials_kernel");
+  cuda_detail::launch("sum_squares_partial_kernel", sum_squares_partial_kernel, kPartials, kThreads, 0, st, a.x, a.n, partial);
+  cuda_detail::launch("sum_partials_kernel", sum_partials_kernel, 1, 1024, 0, st, partial, kPartials, partial + kPartials);
   double total = 0.0;
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&total, partial + kPartials, sizeof(double), cudaMemcpyDeviceToHost, st));
   AIAYN_CUDA_CHECK(cudaFreeAsync(partial, st));
@@ -85,8 +80,7 @@ double sum_squares(const SumSquaresArgs<float>& a, Stream s) {
 
 void scale(const ScaleArgs<float>& a, Stream s) {
   if (a.n == 0) return;
-  scale_kernel<<<grid_for(a.n, kThreads), kThreads, 0, as_cuda(s)>>>(a.x, a.n, a.factor);
-  AIAYN_CUDA_CHECK_LAUNCH("scale_kernel");
+  cuda_detail::launch("scale_kernel", scale_kernel, grid_for(a.n, kThreads), kThreads, 0, as_cuda(s), a.x, a.n, a.factor);
 }
 
 }  // namespace cuda
