@@ -3,9 +3,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 namespace aiayn::kernels::cpu {
+
+template <class From, class To>
+void cast_range(const CastArgs<From, To>& a) {
+  const long n = static_cast<long>(a.n);
+#pragma omp parallel for
+  for (long i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<To, bf16>) a.y[i] = to_bf16(static_cast<float>(a.x[i]));
+    else a.y[i] = static_cast<To>(to_float(a.x[i]));
+  }
+}
+
+void cast(const CastArgs<float, bf16>& a) { cast_range(a); }
+void cast(const CastArgs<bf16, float>& a) { cast_range(a); }
+void cast(const CastArgs<double, bf16>& a) { cast_range(a); }
 
 template <class T>
 void adam(const AdamArgs<T>& a) {
@@ -19,6 +34,7 @@ void adam(const AdamArgs<T>& a) {
     a.v[i] = beta2 * a.v[i] + (T(1) - beta2) * g * g;
     a.param[i] -= lr * (a.m[i] / bias1) / (std::sqrt(a.v[i] / bias2) + eps);
   }
+  if (a.param_bf16) cast(CastArgs<T, bf16>{a.param, a.param_bf16, a.n});
 }
 
 // Fixed chunks (independent of the thread count), each summed in order, then the chunk sums in order: the

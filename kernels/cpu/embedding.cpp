@@ -3,7 +3,9 @@
 #include "kernels/ops/embedding.hpp"
 
 #include <string>
+#include <vector>
 
+#include "dropout_row.hpp"
 #include "kernels/positional.hpp"
 
 namespace aiayn::kernels::cpu {
@@ -20,7 +22,11 @@ template <class T>
 void embed_forward(const EmbedForward<T>& a) {
   check_ids(a.ids, a.N, a.V, "embed_forward");
   AIAYN_CHECK(a.positions || a.seq_len > 0, "embed_forward: seq_len must be positive");
+  check_mask(a.drop, a.N, "embed_forward");
+  AIAYN_CHECK(a.drop.p == 0.0f || (!a.positions && a.drop.seq_len == a.seq_len),
+              "embed_forward: dropout needs the [B, seq_len] layout (no explicit positions, drop.seq_len == seq_len)");
   const T scale = static_cast<T>(a.scale);
+  const T keep_prob = T(1) - static_cast<T>(a.drop.p);
 #pragma omp parallel for
   for (int n = 0; n < a.N; ++n) {
     const T* emb = a.table + size_t(a.ids[n]) * a.D;  // [D]
@@ -28,6 +34,7 @@ void embed_forward(const EmbedForward<T>& a) {
     const int pos = a.positions ? a.positions[n] : n % a.seq_len;
     for (int c = 0; c < a.D; ++c)
       out[c] = emb[c] * scale + (a.add_positions ? static_cast<T>(sinusoid(pos, c, a.D)) : T(0));
+    if (a.drop.p > 0.0f) dropout_row(dropout_row_key(a.drop, n), a.drop.p, keep_prob, out, out, a.D);
   }
 }
 
@@ -35,10 +42,17 @@ void embed_forward(const EmbedForward<T>& a) {
 template <class T>
 void embed_backward(const EmbedBackward<T>& a) {
   check_ids(a.ids, a.N, a.V, "embed_backward");
+  check_mask(a.drop, a.N, "embed_backward");
   const T scale = static_cast<T>(a.scale);
+  const T keep_prob = T(1) - static_cast<T>(a.drop.p);
+  std::vector<T> dropped(a.drop.p > 0.0f ? a.D : 0);  // [D] the row of dout after the dropout map
   for (int n = 0; n < a.N; ++n) {
     T* dtable = a.dtable + size_t(a.ids[n]) * a.D;  // [D]
     const T* dout = a.dout + size_t(n) * a.D;       // [D]
+    if (a.drop.p > 0.0f) {
+      dropout_row(dropout_row_key(a.drop, n), a.drop.p, keep_prob, dout, dropped.data(), a.D);
+      dout = dropped.data();
+    }
     for (int c = 0; c < a.D; ++c) dtable[c] += dout[c] * scale;
   }
 }

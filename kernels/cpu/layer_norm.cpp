@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "dropout_row.hpp"
+
 namespace aiayn::kernels::cpu {
 
 namespace {
@@ -68,17 +70,10 @@ AIAYN_CLONES void backward_row(const LayerNormBackward<T>& a, int r) {
   }
 }
 #undef AIAYN_CLONES
-}  // namespace
 
+// dgamma, dbeta: blocks of columns, rows in order.
 template <class T>
-void layer_norm_forward(const LayerNormForward<T>& a) {
-#pragma omp parallel for
-  for (int r = 0; r < a.rows; ++r) forward_row(a, r);
-}
-
-template <class T>
-void layer_norm_backward(const LayerNormBackward<T>& a) {
-  // dgamma, dbeta: blocks of columns, rows in order.
+void param_grads(const LayerNormBackward<T>& a) {
   constexpr int kBlock = 64;
   const int blocks = (a.cols + kBlock - 1) / kBlock;
 #pragma omp parallel for
@@ -91,11 +86,68 @@ void layer_norm_backward(const LayerNormBackward<T>& a) {
       if (a.dbeta) a.dbeta[c] += static_cast<T>(dbeta[c - c0]);
     }
   }
+}
+}  // namespace
+
+template <class T>
+void layer_norm_forward(const LayerNormForward<T>& a) {
+#pragma omp parallel for
+  for (int r = 0; r < a.rows; ++r) forward_row(a, r);
+}
+
+template <class T>
+void layer_norm_backward(const LayerNormBackward<T>& a) {
+  param_grads(a);
   // dx, row by row.
 #pragma omp parallel for
   for (int r = 0; r < a.rows; ++r) backward_row(a, r);
 }
 
+// Post-norm residual output: s = x + dropout(f), row by row with the dropout op's own row map, then the
+// LayerNorm row; the same operations in the same order as dropout_forward, add, layer_norm_forward.
+template <class T>
+void residual_norm_forward(const ResidualNormForward<T>& a) {
+  check_mask(a.drop, a.rows, "residual_norm_forward");
+  const LayerNormForward<T> ln{a.s, a.gamma, a.beta, a.y, a.mean, a.rstd, a.rows, a.cols, a.eps};
+  const T keep_prob = T(1) - static_cast<T>(a.drop.p);
+#pragma omp parallel for
+  for (int r = 0; r < a.rows; ++r) {
+    const size_t at = size_t(r) * a.cols;
+    T* s = a.s + at;  // [cols]
+    if (a.drop.p > 0.0f) {
+      dropout_row(dropout_row_key(a.drop, r), a.drop.p, keep_prob, a.f + at, s, a.cols);
+      for (int c = 0; c < a.cols; ++c) s[c] = a.x[at + c] + s[c];
+    } else {
+      for (int c = 0; c < a.cols; ++c) s[c] = a.x[at + c] + a.f[at + c];
+    }
+    forward_row(ln, r);
+  }
+}
+
+// LayerNorm backward (parameter gradients first, then dx row by row), and each row of df right after its dx.
+template <class T>
+void residual_norm_backward(const ResidualNormBackward<T>& a) {
+  check_mask(a.drop, a.rows, "residual_norm_backward");
+  AIAYN_CHECK(a.df != a.dy && a.df != a.dx, "residual_norm_backward: df may not alias dy or dx");
+  const LayerNormBackward<T> ln{a.dy, a.s, a.gamma, a.mean, a.rstd, a.dx, a.dgamma, a.dbeta, a.rows, a.cols};
+  param_grads(ln);
+  const T keep_prob = T(1) - static_cast<T>(a.drop.p);
+#pragma omp parallel for
+  for (int r = 0; r < a.rows; ++r) {
+    backward_row(ln, r);
+    const size_t at = size_t(r) * a.cols;
+    if (a.drop.p > 0.0f) {
+      dropout_row(dropout_row_key(a.drop, r), a.drop.p, keep_prob, a.dx + at, a.df + at, a.cols);
+    } else {
+      for (int c = 0; c < a.cols; ++c) a.df[at + c] = a.dx[at + c];
+    }
+  }
+}
+
+template void residual_norm_forward<float>(const ResidualNormForward<float>&);
+template void residual_norm_forward<double>(const ResidualNormForward<double>&);
+template void residual_norm_backward<float>(const ResidualNormBackward<float>&);
+template void residual_norm_backward<double>(const ResidualNormBackward<double>&);
 template void layer_norm_forward<float>(const LayerNormForward<float>&);
 template void layer_norm_forward<double>(const LayerNormForward<double>&);
 template void layer_norm_backward<float>(const LayerNormBackward<float>&);

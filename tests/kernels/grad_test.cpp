@@ -112,6 +112,93 @@ TEST(EmbedGrad, MatchesFiniteDifferencesWithRepeatedIds) {
   expect_gradient(table, dtable, loss, "dtable");
 }
 
+// Embedding with its dropout fused in: the mask multiplies the gradient on the way back.
+TEST(EmbedGrad, MatchesFiniteDifferencesWithFusedDropout) {
+  const int V = 6, D = 9, B = 2, seq_len = 4, N = B * seq_len;
+  Rng rng(12);
+  Vec table = rng.vec<double>(size_t(V) * D);
+  const std::vector<int32_t> ids = {3, 1, 3, 0, 5, 3, 1, 2};
+  const std::vector<int64_t> pair = {40, 7};
+  const Vec w = rng.vec<double>(size_t(N) * D);
+  DropoutMask drop;
+  drop.p = 0.3f, drop.seq_len = seq_len, drop.pair = pair.data(), drop.seed = 9, drop.step = 4, drop.site = 2;
+  auto loss = [&] {
+    Vec out(size_t(N) * D);
+    EmbedForward<double> f;
+    f.ids = ids.data(), f.table = table.data(), f.out = out.data(), f.N = N, f.D = D, f.V = V;
+    f.seq_len = seq_len, f.scale = 3.0f, f.drop = drop;
+    cpu::embed_forward(f);
+    return weighted_sum(w, out);
+  };
+  Vec dtable(table.size(), 0.0);
+  EmbedBackward<double> bwd{ids.data(), w.data(), dtable.data(), N, D, V, 3.0f, drop};
+  cpu::embed_backward(bwd);
+  expect_gradient(table, dtable, loss, "dtable with dropout");
+}
+
+// ---- residual + dropout + layer norm, fused (post-norm sub-layer output) ----------------------------------
+
+struct ResNormCase { int B, T, cols; float p; };
+class ResidualNormGrad : public ::testing::TestWithParam<ResNormCase> {};
+
+TEST_P(ResidualNormGrad, MatchesFiniteDifferences) {
+  const auto [B, T, cols, p] = GetParam();
+  const int rows = B * T;
+  Rng rng(23 + rows * 13 + cols);
+  Vec x = rng.vec<double>(size_t(rows) * cols, -2, 2), f = rng.vec<double>(size_t(rows) * cols, -2, 2);
+  Vec gamma = rng.vec<double>(cols, 0.5, 1.5), beta = rng.vec<double>(cols);
+  const Vec w = rng.vec<double>(x.size());
+  std::vector<int64_t> pair(B);
+  for (int b = 0; b < B; ++b) pair[b] = 1000 + 3 * b;
+  DropoutMask drop;
+  drop.p = p, drop.seq_len = T, drop.pair = pair.data(), drop.seed = 3, drop.step = 8, drop.site = 5;
+  Vec s(x.size()), mean(rows), rstd(rows);
+  auto forward = [&](Vec& y) {
+    y.assign(x.size(), 0.0);
+    ResidualNormForward<double> a;
+    a.x = x.data(), a.f = f.data(), a.gamma = gamma.data(), a.beta = beta.data(), a.s = s.data(), a.y = y.data();
+    a.mean = mean.data(), a.rstd = rstd.data(), a.rows = rows, a.cols = cols, a.drop = drop;
+    cpu::residual_norm_forward(a);
+  };
+  auto loss = [&] {
+    Vec y;
+    forward(y);
+    return weighted_sum(w, y);
+  };
+  Vec y;
+  forward(y);
+  const Vec g_prefill = rng.vec<double>(cols), b_prefill = rng.vec<double>(cols);
+  Vec dx(x.size(), kNaN), df(x.size(), kNaN), dgamma = g_prefill, dbeta = b_prefill;
+  ResidualNormBackward<double> bwd;
+  bwd.dy = w.data(), bwd.s = s.data(), bwd.gamma = gamma.data(), bwd.mean = mean.data(), bwd.rstd = rstd.data();
+  bwd.dx = dx.data(), bwd.df = df.data(), bwd.dgamma = dgamma.data(), bwd.dbeta = dbeta.data();
+  bwd.rows = rows, bwd.cols = cols, bwd.drop = drop;
+  cpu::residual_norm_backward(bwd);
+  for (int c = 0; c < cols; ++c) dgamma[c] -= g_prefill[c], dbeta[c] -= b_prefill[c];
+  if (p > 0) {
+    int dropped = 0;
+    for (size_t i = 0; i < df.size(); ++i) dropped += df[i] == 0.0 && dx[i] != 0.0;
+    EXPECT_GT(dropped, 0) << "the check must see dropped elements";
+  }
+  // dx may alias dy: same results in place.
+  Vec inplace = w, df2(x.size(), kNaN), dgamma2(cols, 0.0), dbeta2(cols, 0.0);
+  ResidualNormBackward<double> alias = bwd;
+  alias.dy = inplace.data(), alias.dx = inplace.data(), alias.df = df2.data();
+  alias.dgamma = dgamma2.data(), alias.dbeta = dbeta2.data();
+  cpu::residual_norm_backward(alias);
+  for (size_t i = 0; i < dx.size(); ++i) ASSERT_EQ(inplace[i], dx[i]) << i;
+  for (size_t i = 0; i < df.size(); ++i) ASSERT_EQ(df2[i], df[i]) << i;
+
+  expect_gradient(x, dx, loss, "residual_norm dx");
+  expect_gradient(f, df, loss, "residual_norm df");
+  expect_gradient(gamma, dgamma, loss, "residual_norm dgamma");
+  expect_gradient(beta, dbeta, loss, "residual_norm dbeta");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, ResidualNormGrad,
+                         ::testing::Values(ResNormCase{1, 1, 1, 0.0f}, ResNormCase{1, 3, 2, 0.0f},
+                                           ResNormCase{2, 3, 7, 0.4f}, ResNormCase{3, 2, 33, 0.1f}));
+
 // ---- dropout ----------------------------------------------------------------------------------------------
 
 TEST(DropoutGrad, MatchesFiniteDifferences) {

@@ -13,7 +13,8 @@
 // incremental decoding point k and v at a cache of Tmax rows per sentence.
 // The CPU backend saves p (before dropout) in probs [B, H, Tq, Tk]; the CUDA backend saves the
 // log-sum-exp per row in lse [B, H, Tq] instead and recomputes. Backward overwrites dq, dk, dv (same strides
-// as q, k, v).
+// as q, k, v). In bf16 precision q, k, v, out and the gradients are bf16; scores, softmax, lse and every
+// accumulation are float32.
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
@@ -70,6 +71,8 @@ template <class T> void attention_backward(const AttentionBackward<T>& a);
 namespace cuda {
 void attention_forward(const AttentionForward<float>& a, Stream s);
 void attention_backward(const AttentionBackward<float>& a, Stream s);
+void attention_forward(const AttentionForward<bf16>& a, Stream s);
+void attention_backward(const AttentionBackward<bf16>& a, Stream s);
 }  // namespace cuda
 
 template <class T> void attention_forward(Device d, const AttentionForward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(attention_forward, d, a, s); }

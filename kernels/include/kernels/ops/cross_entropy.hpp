@@ -9,6 +9,8 @@
 // Pad rows contribute nothing and get dlogits = 0. Sums are accumulated in double and returned, with the
 // number of counted tokens and of rows whose argmax (first maximum) equals the target.
 // dlogits may alias logits (the gradient overwrites the logits in place); null skips the gradient.
+// In bf16 precision logits and dlogits are bf16 (the softmax is computed in float32 chunk by chunk; no
+// float32 copy of the [N, V] probabilities exists).
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
@@ -39,6 +41,7 @@ template <class T> CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a)
 }  // namespace cpu
 namespace cuda {
 CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s);  // synchronises the stream
+CrossEntropyStats cross_entropy(const CrossEntropyArgs<bf16>& a, Stream s);   // synchronises the stream
 }  // namespace cuda
 
 template <class T> CrossEntropyStats cross_entropy(Device d, const CrossEntropyArgs<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(cross_entropy, d, a, s); }

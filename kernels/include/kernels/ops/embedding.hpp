@@ -1,38 +1,46 @@
 #pragma once
-// Token embedding scaled by sqrt(D) plus the sinusoidal positional encoding (positional.hpp).
+// Token embedding scaled by sqrt(D) plus the sinusoidal positional encoding (positional.hpp), with the
+// dropout on the sum fused in:
 //
-//   out[n, :] = table[ids[n], :] * scale + PE(pos(n), :)     pos(n) = positions ? positions[n] : n % seq_len
+//   e[n, :]   = table[ids[n], :] * scale + PE(pos(n), :)     pos(n) = positions ? positions[n] : n % seq_len
+//   out[n, c] = drop.p > 0 ? (keep(n, c) ? e[n, c] / (1 - p) : 0) : e[n, c]
 //
-// Backward accumulates into the shared matrix (the same matrix also receives the output projection's
-// gradient): dtable[ids[n], :] += dout[n, :] * scale. Positions have no parameters.
-// Shapes: ids [N], table [V, D], out [N, D]. Every id must lie in [0, V) (checked; throws).
+// keep is the dropout op's mask (dropout.hpp) with rows = tokens [B, seq_len] (drop.seq_len must equal
+// seq_len when p > 0; dropout is not allowed together with explicit positions). Backward accumulates into
+// the shared matrix (the same matrix also receives the output projection's gradient):
+//   dtable[ids[n], c] += mask(dout)[n, c] * scale        mask = the same dropout map applied to dout
+// Positions have no parameters. Shapes: ids [N], table [V, D], out [N, D]. Every id must lie in [0, V)
+// (checked; throws). In bf16 precision out/dout are bf16 and table/dtable float32 (T = bf16, P = float).
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
+#include "kernels/ops/dropout.hpp"
 
 namespace aiayn::kernels {
 
-template <class T>
+template <class T, class P = T>
 struct EmbedForward {
   using scalar = T;
   const int32_t* ids = nullptr;        // [N]
-  const T* table = nullptr;            // [V, D]
+  const P* table = nullptr;            // [V, D]
   T* out = nullptr;                    // [N, D]
   const int32_t* positions = nullptr;  // [N] or null: position = n % seq_len
   int N = 0, D = 0, V = 0;
   int seq_len = 1;
   float scale = 1.0f;  // sqrt(D) in the model
   bool add_positions = true;
+  DropoutMask drop;    // p = 0: no dropout
 };
 
-template <class T>
+template <class T, class P = T>
 struct EmbedBackward {
   using scalar = T;
   const int32_t* ids = nullptr;  // [N]
   const T* dout = nullptr;       // [N, D]
-  T* dtable = nullptr;           // [V, D], accumulated (+=)
+  P* dtable = nullptr;           // [V, D], accumulated (+=)
   int N = 0, D = 0, V = 0;
   float scale = 1.0f;
+  DropoutMask drop;              // the forward's mask (p = 0: none)
 };
 
 namespace cpu {
@@ -42,9 +50,11 @@ template <class T> void embed_backward(const EmbedBackward<T>& a);
 namespace cuda {
 void embed_forward(const EmbedForward<float>& a, Stream s);
 void embed_backward(const EmbedBackward<float>& a, Stream s);
+void embed_forward(const EmbedForward<bf16, float>& a, Stream s);
+void embed_backward(const EmbedBackward<bf16, float>& a, Stream s);
 }  // namespace cuda
 
-template <class T> void embed_forward(Device d, const EmbedForward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_forward, d, a, s); }
-template <class T> void embed_backward(Device d, const EmbedBackward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_backward, d, a, s); }
+template <class T, class P> void embed_forward(Device d, const EmbedForward<T, P>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_forward, d, a, s); }
+template <class T, class P> void embed_backward(Device d, const EmbedBackward<T, P>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_backward, d, a, s); }
 
 }  // namespace aiayn::kernels
