@@ -19,8 +19,10 @@ void add_bench_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--steps", o->steps, "timed steps")->capture_default_str();
   cmd->add_option("--warmup-steps", o->warmup_steps, "untimed steps first")->capture_default_str();
   cmd->add_option("--peak-tflops", o->peak_tflops, "peak TFLOP/s for MFU on a GPU")->capture_default_str();
+  cmd->add_flag("--profile", o->profile, "also time every op (a table on stderr; on a GPU each op is synchronised)");
   cmd->callback([o, &ctx]() {
     std::printf("%s\n", trainer::run_bench(*o).dump().c_str());
+    if (o->profile) std::fprintf(stderr, "%s", trainer::bench_profile_table(o->steps).c_str());
     ctx.status = 0;
   });
 }

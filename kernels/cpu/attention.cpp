@@ -16,10 +16,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
+#include "fast_math.hpp"
 #include "kernels/dropout_hash.hpp"
+#include "reference.hpp"
 
 namespace aiayn::kernels::cpu {
 namespace {
@@ -81,7 +84,7 @@ void axpy(T alpha, const T* __restrict x, T* __restrict y, int n) {
 // load time; the loops are the same, only the vector width differs (with FMA contraction in the clone, so the
 // last bits may differ between machines, as OpenBLAS's kernels do).
 template <class T>
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(const AttentionForward<T>& a, int b,
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head_reference(const AttentionForward<T>& a, int b,
                                                                               int h, T* p_row) {
   const AttentionShape<T>& s = a.shape;
   const T scale = static_cast<T>(s.scale);
@@ -117,7 +120,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(co
 
 // One (sentence, head) of the backward pass; dp [Tk] is scratch.
 template <class T>
-__attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(const AttentionBackward<T>& a, int b,
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head_reference(const AttentionBackward<T>& a, int b,
                                                                                int h, T* dp) {
   const AttentionShape<T>& s = a.shape;
   const T scale = static_cast<T>(s.scale);
@@ -156,6 +159,188 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(c
   }
 }
 
+
+// ---- the variant the op runs: the same arithmetic per element, reorganised for the vector units ----------
+// Per (sentence, head) the valid keys (and, in the backward pass, values) are packed transposed into
+// [Dh, ld] (ld = Tk rounded up to 16, zero columns beyond the valid keys), so a query's scores against 16
+// keys are one vector of accumulators over d instead of 16 horizontal dot-product sums; weighted sums of
+// rows (out, dq) keep 16 channels in registers across the keys; the exponentials go through the
+// vectorisable exp_nonpositive (in double) instead of libm's scalar exp. Sums run in another order than the
+// reference's, so the two agree to rounding (tests/kernels/fused_test.cpp compares them).
+// The vectors are GCC vector extensions: 16 lanes of T, split by the compiler into what the clone's target
+// has (one zmm for float on x86-64-v4, four xmm on the portable clone).
+constexpr int kLanes = 16;
+
+inline int padded_keys(int Tk) { return (Tk + kLanes - 1) / kLanes * kLanes; }
+
+// mt[d * ld + j] = m[j][d] for j < n (rows of m at `stride`), 0 for n <= j < ld.
+template <class T>
+inline __attribute__((always_inline)) void pack_transposed(const T* m, long stride, int n, int Dh, int ld, T* mt) {
+  for (int d = 0; d < Dh; ++d) {
+    T* row = mt + size_t(d) * ld;
+    for (int j = 0; j < n; ++j) row[j] = m[j * stride + d];
+    for (int j = n; j < ld; ++j) row[j] = T(0);
+  }
+}
+
+// out[j] = sum_d x[d] * mt[d * ld + j] for j < n (n <= ld, ld a multiple of kLanes). Four accumulators over
+// d % 4, so the additions are four independent chains instead of one (an FMA's latency is 4 cycles).
+template <class T>
+inline __attribute__((always_inline)) void times_packed(const T* __restrict x, const T* __restrict mt, int ld, int Dh,
+                                                        int n, T* __restrict out) {
+  typedef T Vec __attribute__((vector_size(kLanes * sizeof(T))));
+  auto row = [&](int d, int j0) {
+    Vec m;
+    std::memcpy(&m, mt + size_t(d) * ld + j0, sizeof m);
+    return m;
+  };
+  for (int j0 = 0; j0 < n; j0 += kLanes) {
+    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    int d = 0;
+    for (; d + 4 <= Dh; d += 4) {
+      a0 += x[d] * row(d, j0);
+      a1 += x[d + 1] * row(d + 1, j0);
+      a2 += x[d + 2] * row(d + 2, j0);
+      a3 += x[d + 3] * row(d + 3, j0);
+    }
+    for (; d < Dh; ++d) a0 += x[d] * row(d, j0);
+    const Vec acc = (a0 + a1) + (a2 + a3);
+    T lanes[kLanes];
+    std::memcpy(lanes, &acc, sizeof acc);
+    const int w = n - j0 < kLanes ? n - j0 : kLanes;
+    for (int jj = 0; jj < w; ++jj) out[j0 + jj] = lanes[jj];
+  }
+}
+
+// out[d] = sum_{j < n} coef[j] * rows[j * stride + d] for d < Dh (overwrites out). Channels in groups of
+// four vectors, each its own chain over j.
+template <class T>
+inline __attribute__((always_inline)) void weighted_rows(const T* __restrict coef, const T* __restrict rows, long stride,
+                                                         int n, int Dh, T* __restrict out) {
+  typedef T Vec __attribute__((vector_size(kLanes * sizeof(T))));
+  auto load = [&](int j, int d) {
+    Vec r;
+    std::memcpy(&r, rows + j * stride + d, sizeof r);
+    return r;
+  };
+  int d0 = 0;
+  for (; d0 + 4 * kLanes <= Dh; d0 += 4 * kLanes) {
+    Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int j = 0; j < n; ++j) {
+      const T c = coef[j];
+      a0 += c * load(j, d0);
+      a1 += c * load(j, d0 + kLanes);
+      a2 += c * load(j, d0 + 2 * kLanes);
+      a3 += c * load(j, d0 + 3 * kLanes);
+    }
+    std::memcpy(out + d0, &a0, sizeof a0);
+    std::memcpy(out + d0 + kLanes, &a1, sizeof a1);
+    std::memcpy(out + d0 + 2 * kLanes, &a2, sizeof a2);
+    std::memcpy(out + d0 + 3 * kLanes, &a3, sizeof a3);
+  }
+  for (; d0 + kLanes <= Dh; d0 += kLanes) {
+    Vec acc = {};
+    for (int j = 0; j < n; ++j) acc += coef[j] * load(j, d0);
+    std::memcpy(out + d0, &acc, sizeof acc);
+  }
+  for (int d = d0; d < Dh; ++d) {
+    T acc = T(0);
+    for (int j = 0; j < n; ++j) acc += coef[j] * rows[j * stride + d];
+    out[d] = acc;
+  }
+}
+
+// p[j] = exp(p[j] - max) / sum over j < n (the scores already scaled); e [n] is scratch.
+template <class T>
+inline __attribute__((always_inline)) void softmax_row(T* p, int n, double* e) {
+  T max = p[0];
+#pragma omp simd reduction(max : max)
+  for (int j = 0; j < n; ++j) max = p[j] > max ? p[j] : max;
+#pragma omp simd
+  for (int j = 0; j < n; ++j) e[j] = exp_nonpositive(double(p[j]) - double(max));
+  T sum = T(0);
+  for (int j = 0; j < n; ++j) {
+    p[j] = static_cast<T>(e[j]);
+    sum += p[j];
+  }
+  for (int j = 0; j < n; ++j) p[j] /= sum;
+}
+
+// Scratch of one thread: [Dh * ld] packed keys or values, then [Tk] of T, then [Tk] of double.
+template <class T>
+struct HeadScratch {
+  std::vector<T> packed, row;
+  std::vector<double> e;
+  explicit HeadScratch(const AttentionShape<T>& s)
+      : packed(size_t(s.Dh) * padded_keys(s.Tk)), row(s.Tk + 1), e(s.Tk + 1) {}
+};
+
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(const AttentionForward<T>& a, int b,
+                                                                              int h, HeadScratch<T>& w) {
+  const AttentionShape<T>& s = a.shape;
+  const T scale = static_cast<T>(s.scale);
+  const int k_len = valid_keys(s, b), ld = padded_keys(s.Tk);
+  T* kt = w.packed.data();  // [Dh, ld]
+  T* pd = w.row.data();     // [Tk] p after dropout
+  const T* v0 = a.v + b * s.kv_bstride + h * s.Dh;
+  pack_transposed(a.k + b * s.kv_bstride + h * s.Dh, s.kv_stride, k_len, s.Dh, ld, kt);
+  for (int t = 0; t < s.Tq; ++t) {
+    const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
+    T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
+    T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : pd;  // [Tk]
+    const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
+    times_packed(q, kt, ld, s.Dh, n_valid, p);
+#pragma omp simd
+    for (int j = 0; j < n_valid; ++j) p[j] *= scale;
+    if (n_valid > 0) softmax_row(p, n_valid, w.e.data());
+    const DropoutRow<T> drop(s, b, h, t);
+    for (int j = 0; j < n_valid; ++j) pd[j] = p[j] * drop.factor(j);
+    for (int j = n_valid; j < s.Tk; ++j) p[j] = T(0);
+    weighted_rows(pd, v0, s.kv_stride, n_valid, s.Dh, out);
+  }
+}
+
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(const AttentionBackward<T>& a, int b,
+                                                                               int h, HeadScratch<T>& w) {
+  const AttentionShape<T>& s = a.shape;
+  const T scale = static_cast<T>(s.scale);
+  for (int j = 0; j < s.Tk; ++j)
+    for (int d = 0; d < s.Dh; ++d) {
+      a.dk[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
+      a.dv[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
+    }
+  const int k_len = valid_keys(s, b), ld = padded_keys(s.Tk);
+  T* vt = w.packed.data();  // [Dh, ld]
+  T* dp = w.row.data();     // [Tk] dp, then ds
+  const T* k0 = a.k + b * s.kv_bstride + h * s.Dh;
+  pack_transposed(a.v + b * s.kv_bstride + h * s.Dh, s.kv_stride, k_len, s.Dh, ld, vt);
+  for (int t = 0; t < s.Tq; ++t) {
+    const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
+    const T* dout = a.dout + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;
+    T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
+    const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+    const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
+    const DropoutRow<T> drop(s, b, h, t);
+    times_packed(dout, vt, ld, s.Dh, n_valid, dp);  // dout . v[j]
+    T p_dot_dp = T(0);
+    for (int j = 0; j < n_valid; ++j) {
+      const T factor = drop.factor(j);
+      T* dv = a.dv + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      axpy(p[j] * factor, dout, dv, s.Dh);
+      dp[j] *= factor;
+      p_dot_dp += p[j] * dp[j];
+    }
+    for (int j = 0; j < n_valid; ++j) {
+      dp[j] = p[j] * (dp[j] - p_dot_dp) * scale;  // ds[j]
+      T* dk = a.dk + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+      axpy(dp[j], q, dk, s.Dh);
+    }
+    weighted_rows(dp, k0, s.kv_stride, n_valid, s.Dh, dq);
+  }
+}
+
 }  // namespace
 
 template <class T>
@@ -164,10 +349,10 @@ void attention_forward(const AttentionForward<T>& a) {
   check_shape(s, "attention_forward");
 #pragma omp parallel
   {
-    std::vector<T> p_row(s.Tk);
+    HeadScratch<T> scratch(s);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.H; ++h) forward_head(a, b, h, p_row.data());
+      for (int h = 0; h < s.H; ++h) forward_head(a, b, h, scratch);
   }
 }
 
@@ -178,12 +363,37 @@ void attention_backward(const AttentionBackward<T>& a) {
   AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
 #pragma omp parallel
   {
-    std::vector<T> dp(s.Tk);  // [Tk] gradient w.r.t. p (after undoing dropout), then w.r.t. the scores
+    HeadScratch<T> scratch(s);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
-      for (int h = 0; h < s.H; ++h) backward_head(a, b, h, dp.data());
+      for (int h = 0; h < s.H; ++h) backward_head(a, b, h, scratch);
   }
 }
+
+namespace reference {
+template <class T>
+void attention_forward(const AttentionForward<T>& a) {
+  const AttentionShape<T>& s = a.shape;
+  check_shape(s, "attention_forward");
+  std::vector<T> p_row(s.Tk);
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h) forward_head_reference(a, b, h, p_row.data());
+}
+
+template <class T>
+void attention_backward(const AttentionBackward<T>& a) {
+  const AttentionShape<T>& s = a.shape;
+  check_shape(s, "attention_backward");
+  AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
+  std::vector<T> dp(s.Tk);
+  for (int b = 0; b < s.B; ++b)
+    for (int h = 0; h < s.H; ++h) backward_head_reference(a, b, h, dp.data());
+}
+template void attention_forward<float>(const AttentionForward<float>&);
+template void attention_forward<double>(const AttentionForward<double>&);
+template void attention_backward<float>(const AttentionBackward<float>&);
+template void attention_backward<double>(const AttentionBackward<double>&);
+}  // namespace reference
 
 template void attention_forward<float>(const AttentionForward<float>&);
 template void attention_forward<double>(const AttentionForward<double>&);

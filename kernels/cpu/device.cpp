@@ -9,6 +9,7 @@
 
 #include "kernels/device.hpp"
 #include "kernels/memory.hpp"
+#include "kernels/op_profile.hpp"
 
 #if AIAYN_HAVE_CUDA
 namespace aiayn::kernels::cuda_runtime {  // defined in kernels/cuda/runtime.cu
@@ -84,6 +85,7 @@ void device_free(Device d, void* p) noexcept {
 
 void device_zero(Device d, void* p, size_t bytes, Stream s) {
   if (!bytes) return;
+  const OpTimer timer("device_zero", d);
   if (d == Device::CUDA) {
 #if AIAYN_HAVE_CUDA
     return cuda_runtime::zero(p, bytes, s);
@@ -96,6 +98,7 @@ void device_zero(Device d, void* p, size_t bytes, Stream s) {
 
 void device_copy(Device to, void* dst, Device from, const void* src, size_t bytes, Stream s) {
   if (!bytes) return;
+  const OpTimer timer("device_copy", to == Device::CUDA || from == Device::CUDA ? Device::CUDA : Device::CPU);
   if (to == Device::CPU && from == Device::CPU) {
     std::memmove(dst, src, bytes);
     return;

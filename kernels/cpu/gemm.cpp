@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "blas.hpp"
+#include "column_sums.hpp"
 
 namespace aiayn::kernels::cpu {
 
@@ -46,21 +47,21 @@ void relu_backward(const ReluBackward<T>& a) {
   }
 }
 
-// db[c] += sum_r dy[r, c], summed in double over rows in order (the result does not depend on the threads).
+// db[c] += sum_r dy[r, c], summed in double over fixed row chunks (column_sums.hpp): the result does not depend
+// on the number of threads.
 template <class T>
 void bias_grad(const BiasGrad<T>& a) {
-  constexpr int kBlock = 64;  // columns per task: each task reads whole rows of its block, writes its own db
-  const int blocks = (a.cols + kBlock - 1) / kBlock;
+  ColumnPartials part(a.rows, a.cols, 1);
 #pragma omp parallel for
-  for (int blk = 0; blk < blocks; ++blk) {
-    const int c0 = blk * kBlock, c1 = std::min(a.cols, c0 + kBlock);
-    double sum[kBlock] = {};
-    for (int r = 0; r < a.rows; ++r) {
+  for (int ch = 0; ch < part.chunks(); ++ch) {
+    double* sum = part.partial(ch, 0);
+    for (int r = part.first_row(ch); r < part.end_row(ch); ++r) {
       const T* row = a.dy + size_t(r) * a.cols;
-      for (int c = c0; c < c1; ++c) sum[c - c0] += row[c];
+#pragma omp simd
+      for (int c = 0; c < a.cols; ++c) sum[c] += row[c];
     }
-    for (int c = c0; c < c1; ++c) a.db[c] += static_cast<T>(sum[c - c0]);
   }
+  part.add_to(0, a.db);
 }
 
 template <class T>

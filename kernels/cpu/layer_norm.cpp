@@ -2,12 +2,14 @@
 //   forward:  xhat = (x - mean) * rstd;  y = xhat * gamma + beta;  saves mean, rstd [rows]
 //   backward: dbeta += sum_r dy;  dgamma += sum_r dy * xhat;
 //             dx = rstd * (g - mean_c(g) - xhat * mean_c(g * xhat))   with g = dy * gamma
-// dx may alias dy, so the parameter gradients (which read dy) are computed before dx is written.
+// dx may alias dy, so each row's terms of the parameter gradients (which read dy) are taken before its dx is
+// written; the parameter gradients are summed over fixed row chunks (column_sums.hpp), in double.
 #include "kernels/ops/layer_norm.hpp"
 
 #include <algorithm>
 #include <cmath>
 
+#include "column_sums.hpp"
 #include "dropout_row.hpp"
 
 namespace aiayn::kernels::cpu {
@@ -34,26 +36,21 @@ AIAYN_CLONES void forward_row(const LayerNormForward<T>& a, int r) {
   if (a.rstd) a.rstd[r] = static_cast<T>(rstd);
 }
 
-// dgamma, dbeta for columns c0 .. c1 - 1, rows in order.
+// dx of row r; when pg is not null also adds the row's terms of dgamma and dbeta to the chunk partials
+// pg, pb [cols] (before dx is written: dx may be dy).
 template <class T>
-AIAYN_CLONES void param_grad_block(const LayerNormBackward<T>& a, int c0, int c1, double* dgamma, double* dbeta) {
-  for (int r = 0; r < a.rows; ++r) {
-    const T* x = a.x + size_t(r) * a.cols;
-    const T* dy = a.dy + size_t(r) * a.cols;
-    const double mean = a.mean[r], rstd = a.rstd[r];
-    for (int c = c0; c < c1; ++c) {
-      dgamma[c - c0] += double(dy[c]) * (x[c] - mean) * rstd;
-      dbeta[c - c0] += dy[c];
-    }
-  }
-}
-
-template <class T>
-AIAYN_CLONES void backward_row(const LayerNormBackward<T>& a, int r) {
+AIAYN_CLONES void backward_row(const LayerNormBackward<T>& a, int r, double* pg, double* pb) {
   const T* x = a.x + size_t(r) * a.cols;
   const T* dy = a.dy + size_t(r) * a.cols;
   T* dx = a.dx + size_t(r) * a.cols;
   const double mean = a.mean[r], rstd = a.rstd[r];
+  if (pg) {
+#pragma omp simd
+    for (int c = 0; c < a.cols; ++c) {
+      pg[c] += double(dy[c]) * (x[c] - mean) * rstd;
+      pb[c] += dy[c];
+    }
+  }
   double g_sum = 0.0, g_xhat_sum = 0.0;
 #pragma omp simd reduction(+ : g_sum, g_xhat_sum)
   for (int c = 0; c < a.cols; ++c) {
@@ -71,20 +68,25 @@ AIAYN_CLONES void backward_row(const LayerNormBackward<T>& a, int r) {
 }
 #undef AIAYN_CLONES
 
-// dgamma, dbeta: blocks of columns, rows in order.
-template <class T>
-void param_grads(const LayerNormBackward<T>& a) {
-  constexpr int kBlock = 64;
-  const int blocks = (a.cols + kBlock - 1) / kBlock;
+// Row by row in fixed chunks (column_sums.hpp); `after_row(r)` runs right after row r's dx is written.
+template <class T, class AfterRow>
+void backward_rows(const LayerNormBackward<T>& a, AfterRow after_row) {
+  const bool params = a.dgamma || a.dbeta;
+  ColumnPartials part(params ? a.rows : 0, a.cols, 2);
+  const int chunks = (a.rows + ColumnPartials::kRowChunk - 1) / ColumnPartials::kRowChunk;
 #pragma omp parallel for
-  for (int blk = 0; blk < blocks; ++blk) {
-    const int c0 = blk * kBlock, c1 = std::min(a.cols, c0 + kBlock);
-    double dgamma[kBlock] = {}, dbeta[kBlock] = {};
-    param_grad_block(a, c0, c1, dgamma, dbeta);
-    for (int c = c0; c < c1; ++c) {
-      if (a.dgamma) a.dgamma[c] += static_cast<T>(dgamma[c - c0]);
-      if (a.dbeta) a.dbeta[c] += static_cast<T>(dbeta[c - c0]);
+  for (int ch = 0; ch < chunks; ++ch) {
+    const int r0 = ch * ColumnPartials::kRowChunk, r1 = std::min(a.rows, r0 + ColumnPartials::kRowChunk);
+    double* pg = params ? part.partial(ch, 0) : nullptr;
+    double* pb = params ? part.partial(ch, 1) : nullptr;
+    for (int r = r0; r < r1; ++r) {
+      backward_row(a, r, pg, pb);
+      after_row(r);
     }
+  }
+  if (params) {
+    part.add_to(0, a.dgamma);
+    part.add_to(1, a.dbeta);
   }
 }
 }  // namespace
@@ -97,10 +99,7 @@ void layer_norm_forward(const LayerNormForward<T>& a) {
 
 template <class T>
 void layer_norm_backward(const LayerNormBackward<T>& a) {
-  param_grads(a);
-  // dx, row by row.
-#pragma omp parallel for
-  for (int r = 0; r < a.rows; ++r) backward_row(a, r);
+  backward_rows(a, [](int) {});
 }
 
 // Post-norm residual output: s = x + dropout(f), row by row with the dropout op's own row map, then the
@@ -124,24 +123,21 @@ void residual_norm_forward(const ResidualNormForward<T>& a) {
   }
 }
 
-// LayerNorm backward (parameter gradients first, then dx row by row), and each row of df right after its dx.
+// LayerNorm backward row by row, and each row of df right after its dx.
 template <class T>
 void residual_norm_backward(const ResidualNormBackward<T>& a) {
   check_mask(a.drop, a.rows, "residual_norm_backward");
   AIAYN_CHECK(a.df != a.dy && a.df != a.dx, "residual_norm_backward: df may not alias dy or dx");
   const LayerNormBackward<T> ln{a.dy, a.s, a.gamma, a.mean, a.rstd, a.dx, a.dgamma, a.dbeta, a.rows, a.cols};
-  param_grads(ln);
   const T keep_prob = T(1) - static_cast<T>(a.drop.p);
-#pragma omp parallel for
-  for (int r = 0; r < a.rows; ++r) {
-    backward_row(ln, r);
+  backward_rows(ln, [&](int r) {
     const size_t at = size_t(r) * a.cols;
     if (a.drop.p > 0.0f) {
       dropout_row(dropout_row_key(a.drop, r), a.drop.p, keep_prob, a.dx + at, a.df + at, a.cols);
     } else {
       for (int c = 0; c < a.cols; ++c) a.df[at + c] = a.dx[at + c];
     }
-  }
+  });
 }
 
 template void residual_norm_forward<float>(const ResidualNormForward<float>&);

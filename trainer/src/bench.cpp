@@ -7,6 +7,7 @@
 
 #include "aiayn/error.hpp"
 #include "kernels/dropout_hash.hpp"
+#include "kernels/op_profile.hpp"
 #include "kernels/ops.hpp"
 #include "trainer/config.hpp"
 #include "trainer/model.hpp"
@@ -80,9 +81,12 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   auto sync = [&] { if (device == k::Device::CUDA) k::cuda_synchronize(); };
   for (int i = 0; i < o.warmup_steps; ++i) step(++s);
   sync();
+  k::reset_op_profile();
+  k::enable_op_profile(o.profile);
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < o.steps; ++i) step(++s);
   sync();
+  k::enable_op_profile(false);
   const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.steps;
   const double flops = train_flops_per_step(cfg.model.layers, cfg.model.d_model, cfg.model.d_ff, o.vocab, o.sentences,
                                             o.src_len, o.tgt_len);
@@ -103,6 +107,18 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   out["tflops"] = round_to(flops / dt / 1e12, 4);
   out["loss"] = round_to(last_loss, 4);
   if (device == k::Device::CUDA) out["mfu"] = round_to(flops / dt / 1e12 / o.peak_tflops, 4);
+  return out;
+}
+
+std::string bench_profile_table(int steps) {
+  const auto entries = k::op_profile();
+  double total = 0;
+  for (const auto& e : entries) total += e.seconds;
+  std::string out = fmt::format("{:<24} {:>6} {:>10} {:>7}\n", "op", "calls", "ms/step", "share");
+  for (const auto& e : entries)
+    out += fmt::format("{:<24} {:>6} {:>10.3f} {:>6.1f}%\n", std::string(e.op) + (e.device == k::Device::CUDA ? " (cuda)" : ""),
+                       e.calls / steps, e.seconds * 1e3 / steps, 100.0 * e.seconds / std::max(total, 1e-30));
+  out += fmt::format("{:<24} {:>6} {:>10.3f}\n", "all ops", "", total * 1e3 / steps);
   return out;
 }
 

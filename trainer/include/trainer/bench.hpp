@@ -13,11 +13,15 @@ struct BenchOptions {
   std::vector<std::string> overrides;
   int vocab = 8000, sentences = 64, src_len = 24, tgt_len = 24, steps = 10, warmup_steps = 3;
   double peak_tflops = 989.0;  // for MFU on a GPU (H100/H200 dense bf16)
+  bool profile = false;        // also time every op of the timed steps (table on stderr)
 };
 
 // Matmul FLOPs of one training step (forward + backward = 3 x forward), as torch_baseline.py counts them.
 double train_flops_per_step(int layers, int d, int dff, int vocab, int sentences, int s, int t);
 
 nlohmann::ordered_json run_bench(const BenchOptions& options);
+
+// The per-op table of the last run_bench with profile = true: op, calls and milliseconds per step, share.
+std::string bench_profile_table(int steps);
 
 }  // namespace aiayn::trainer

@@ -9,6 +9,7 @@
 
 #include "kernels/bf16.hpp"
 #include "kernels/device.hpp"
+#include "kernels/op_profile.hpp"
 
 namespace aiayn::kernels {
 template <class S>
@@ -29,6 +30,7 @@ inline constexpr bool cuda_scalar_v = std::is_same_v<S, float> || std::is_same_v
 #if AIAYN_HAVE_CUDA
 #define AIAYN_DISPATCH(op, dev, args, stream)                                                          \
   do {                                                                                                 \
+    const ::aiayn::kernels::OpTimer aiayn_op_timer_(#op, (dev));                                       \
     if ((dev) == ::aiayn::kernels::Device::CPU) AIAYN_DISPATCH_CPU(op, args);                          \
     if constexpr (::aiayn::kernels::cuda_scalar_v<typename std::decay_t<decltype(args)>::scalar>) {    \
       return cuda::op(args, stream);                                                                   \
@@ -39,6 +41,7 @@ inline constexpr bool cuda_scalar_v = std::is_same_v<S, float> || std::is_same_v
 #else
 #define AIAYN_DISPATCH(op, dev, args, stream)                                   \
   do {                                                                          \
+    const ::aiayn::kernels::OpTimer aiayn_op_timer_(#op, (dev));                \
     if ((dev) == ::aiayn::kernels::Device::CPU) AIAYN_DISPATCH_CPU(op, args);   \
     (void)(stream);                                                             \
     ::aiayn::kernels::no_cuda_backend(#op);                                     \
