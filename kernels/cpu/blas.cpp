@@ -119,10 +119,11 @@ constexpr double kSplitMacs = 1 << 20;
 // Inside an OpenMP parallel region (attention's per-head products) the call stays on its thread.
 template <class T, class Fn>
 void split_gemm(Fn fn, bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-                T beta, T* c, int ldc) {
+                T beta, T* c, int ldc, const GemmEpilogue<T>& ep) {
   const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
   if (threads <= 1 || double(m) * n * k < kSplitMacs) {
     fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, 0, n);
     return;
   }
   const bool by_rows = m >= n;
@@ -137,26 +138,43 @@ void split_gemm(Fn fn, bool ta, bool tb, int m, int n, int k, T alpha, const T* 
       const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
       fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, cnt, n, k, alpha, a_blk, lda, b, ldb, beta,
          c + size_t(lo) * ldc, ldc);
+      if (ep.active()) apply_epilogue(ep, c, ldc, lo, lo + cnt, 0, n);
     } else {  // columns lo.. of op(B) and C
       const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
       fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, cnt, k, alpha, a, lda, b_blk, ldb, beta,
          c + lo, ldc);
+      if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, lo, lo + cnt);
     }
   }
 }
 
 }  // namespace
 
+template <class T>
+void apply_epilogue(const GemmEpilogue<T>& e, T* c, int ldc, int r0, int r1, int c0, int c1) {
+  for (int r = r0; r < r1; ++r) {
+    T* row = c + size_t(r) * ldc;
+    if (e.bias)
+#pragma omp simd
+      for (int j = c0; j < c1; ++j) row[j] += e.bias[j];
+    if (e.relu)
+#pragma omp simd
+      for (int j = c0; j < c1; ++j) row[j] = row[j] > T(0) ? row[j] : T(0);
+  }
+}
+template void apply_epilogue<float>(const GemmEpilogue<float>&, float*, int, int, int, int, int);
+template void apply_epilogue<double>(const GemmEpilogue<double>&, double*, int, int, int, int, int);
+
 template <>
 void blas_gemm<float>(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
-                      int ldb, float beta, float* c, int ldc) {
-  split_gemm<float>(blas().sgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+                      int ldb, float beta, float* c, int ldc, GemmEpilogue<float> ep) {
+  split_gemm<float>(blas().sgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
 }
 
 template <>
 void blas_gemm<double>(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
-                       const double* b, int ldb, double beta, double* c, int ldc) {
-  split_gemm<double>(blas().dgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+                       const double* b, int ldb, double beta, double* c, int ldc, GemmEpilogue<double> ep) {
+  split_gemm<double>(blas().dgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
 }
 
 std::string blas_description() {

@@ -11,9 +11,22 @@ namespace aiayn::kernels::cpu {
 // Runs on all OpenMP threads (omp_get_max_threads) when called outside a parallel region and the product is big
 // enough, else on the calling thread; OpenBLAS itself is single-threaded. Throws aiayn::Error when no BLAS
 // library can be loaded.
+// The epilogue, when given, runs on each thread's block of C right after its product (while the block is in
+// cache): C[r, c] = act(C[r, c] + bias[c]), act = ReLU when relu.
+template <class T>
+struct GemmEpilogue {
+  const T* bias = nullptr;  // [n] or null
+  bool relu = false;
+  bool active() const { return bias || relu; }
+};
+
 template <class T>
 void blas_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta,
-               T* c, int ldc);
+               T* c, int ldc, GemmEpilogue<T> epilogue = {});
+
+// The epilogue over rows [r0, r1) and columns [c0, c1) of C (also used when k = 0 and no product runs).
+template <class T>
+void apply_epilogue(const GemmEpilogue<T>& e, T* c, int ldc, int r0, int r1, int c0, int c1);
 
 // "libopenblas.so.0 (core SkylakeX, OPENBLAS_CORETYPE=SKYLAKEX set by aiayn)": for logs. Loads the library.
 std::string blas_description();

@@ -1,4 +1,5 @@
 // Device discovery and memory: the CPU side here, the CUDA side behind kernels/cuda/runtime.cu.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -93,7 +94,18 @@ void device_zero(Device d, void* p, size_t bytes, Stream s) {
     no_cuda_backend("zero");
 #endif
   }
-  std::memset(p, 0, bytes);
+  // Large buffers (the gradients, every step) are cleared by all threads, a slice each.
+  constexpr size_t kSlice = size_t(1) << 22;
+  if (bytes < 2 * kSlice || omp_in_parallel()) {
+    std::memset(p, 0, bytes);
+    return;
+  }
+  const long slices = static_cast<long>((bytes + kSlice - 1) / kSlice);
+#pragma omp parallel for
+  for (long i = 0; i < slices; ++i) {
+    const size_t at = size_t(i) * kSlice;
+    std::memset(static_cast<char*>(p) + at, 0, std::min(kSlice, bytes - at));
+  }
 }
 
 void device_copy(Device to, void* dst, Device from, const void* src, size_t bytes, Stream s) {

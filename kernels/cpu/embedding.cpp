@@ -27,13 +27,25 @@ void embed_forward(const EmbedForward<T>& a) {
               "embed_forward: dropout needs the [B, seq_len] layout (no explicit positions, drop.seq_len == seq_len)");
   const T scale = static_cast<T>(a.scale);
   const T keep_prob = T(1) - static_cast<T>(a.drop.p);
+  // Without explicit positions every row uses one of seq_len position rows: the sinusoids (an exp and a sin or
+  // cos each) are taken once per position, not once per token.
+  const bool table_pe = a.add_positions && !a.positions && a.seq_len < a.N;
+  std::vector<T> pe(table_pe ? size_t(a.seq_len) * a.D : 0);  // [seq_len, D]
+  if (table_pe)
+    for (int t = 0; t < a.seq_len; ++t)
+      for (int c = 0; c < a.D; ++c) pe[size_t(t) * a.D + c] = static_cast<T>(sinusoid(t, c, a.D));
 #pragma omp parallel for
   for (int n = 0; n < a.N; ++n) {
     const T* emb = a.table + size_t(a.ids[n]) * a.D;  // [D]
     T* out = a.out + size_t(n) * a.D;                 // [D]
     const int pos = a.positions ? a.positions[n] : n % a.seq_len;
-    for (int c = 0; c < a.D; ++c)
-      out[c] = emb[c] * scale + (a.add_positions ? static_cast<T>(sinusoid(pos, c, a.D)) : T(0));
+    if (table_pe) {
+      const T* pos_row = pe.data() + size_t(pos) * a.D;
+      for (int c = 0; c < a.D; ++c) out[c] = emb[c] * scale + pos_row[c];
+    } else {
+      for (int c = 0; c < a.D; ++c)
+        out[c] = emb[c] * scale + (a.add_positions ? static_cast<T>(sinusoid(pos, c, a.D)) : T(0));
+    }
     if (a.drop.p > 0.0f) dropout_row(dropout_row_key(a.drop, n), a.drop.p, keep_prob, out, out, a.D);
   }
 }

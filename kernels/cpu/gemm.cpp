@@ -1,4 +1,4 @@
-// gemm (BLAS, then the bias and ReLU epilogue in plain loops) and the epilogue's backward helpers.
+// gemm (BLAS, with the bias and ReLU epilogue in plain loops on each block) and the epilogue's backward helpers.
 // Invariants: row-major; the epilogue is applied after alpha * op(A) @ op(B) + beta * C, as ops/gemm.hpp says.
 #include "kernels/ops/gemm.hpp"
 
@@ -14,22 +14,16 @@ template <class T>
 void gemm(const GemmArgs<T>& g) {
   if (g.m <= 0 || g.n <= 0) return;
   const T alpha = static_cast<T>(g.alpha), beta = static_cast<T>(g.beta);
+  const GemmEpilogue<T> epilogue{g.bias, g.relu};
   if (g.k > 0) {
-    blas_gemm<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, alpha, g.a, g.lda, g.b, g.ldb, beta, g.c, g.ldc);
-  } else {
-    // An empty product (k = 0): C = beta * C. BLAS rejects the degenerate leading dimensions this allows.
-#pragma omp parallel for
-    for (int r = 0; r < g.m; ++r)
-      for (int c = 0; c < g.n; ++c) g.c[size_t(r) * g.ldc + c] = beta == T(0) ? T(0) : beta * g.c[size_t(r) * g.ldc + c];
+    blas_gemm<T>(g.trans_a, g.trans_b, g.m, g.n, g.k, alpha, g.a, g.lda, g.b, g.ldb, beta, g.c, g.ldc, epilogue);
+    return;
   }
-  if (!g.bias && !g.relu) return;
+  // An empty product (k = 0): C = beta * C. BLAS rejects the degenerate leading dimensions this allows.
 #pragma omp parallel for
   for (int r = 0; r < g.m; ++r) {
-    T* row = g.c + size_t(r) * g.ldc;  // [n]
-    if (g.bias)
-      for (int c = 0; c < g.n; ++c) row[c] += g.bias[c];
-    if (g.relu)
-      for (int c = 0; c < g.n; ++c) row[c] = row[c] > T(0) ? row[c] : T(0);
+    for (int c = 0; c < g.n; ++c) g.c[size_t(r) * g.ldc + c] = beta == T(0) ? T(0) : beta * g.c[size_t(r) * g.ldc + c];
+    apply_epilogue(epilogue, g.c, g.ldc, r, r + 1, 0, g.n);
   }
 }
 
