@@ -711,6 +711,74 @@ TEST(CudaOpsChecks, LaunchersRejectBadArguments) {
   }
 }
 
+// Empty shapes (N = 0, rows = 0, B = 0, n = 0) return before any device work, so they run without a GPU too.
+// The pointers are distinct host addresses that must never be dereferenced.
+TEST(CudaOpsChecks, EmptyShapesDoNothing) {
+  float f[6] = {};
+  K::bf16 h[6] = {};
+  const int32_t ids[1] = {0};
+  {
+    K::EmbedForward<K::bf16, float> e;
+    e.ids = ids, e.table = f, e.out = h, e.N = 0, e.D = 4, e.V = 3;
+    EXPECT_NO_THROW(K::cuda::embed_forward(e, nullptr));
+    K::EmbedBackward<K::bf16, float> b;
+    b.ids = ids, b.dout = h, b.dtable = f, b.N = 0, b.D = 4, b.V = 3;
+    EXPECT_NO_THROW(K::cuda::embed_backward(b, nullptr));
+  }
+  {
+    K::DropoutArgs<K::bf16> d;
+    d.x = h, d.y = h + 1, d.rows = 0, d.cols = 5, d.p = 0.1f;
+    EXPECT_NO_THROW(K::cuda::dropout_forward(d, nullptr));
+  }
+  {
+    K::ResidualNormForward<K::bf16, float> fw;
+    fw.x = h, fw.f = h + 1, fw.gamma = f, fw.beta = f + 1, fw.s = h + 2, fw.y = h + 3, fw.rows = 0, fw.cols = 7;
+    EXPECT_NO_THROW(K::cuda::residual_norm_forward(fw, nullptr));
+    K::ResidualNormBackward<K::bf16, float> bw;
+    bw.dy = h, bw.s = h + 1, bw.gamma = f, bw.mean = f + 1, bw.rstd = f + 2, bw.dx = h + 2, bw.df = h + 3;
+    bw.dgamma = f + 3, bw.dbeta = f + 4, bw.rows = 0, bw.cols = 7;
+    EXPECT_NO_THROW(K::cuda::residual_norm_backward(bw, nullptr));
+    K::ResidualNormForward<float> f32;
+    f32.x = f, f32.f = f + 1, f32.s = f + 2, f32.y = f + 3, f32.rows = 0, f32.cols = 7;
+    EXPECT_NO_THROW(K::cuda::residual_norm_forward(f32, nullptr));
+    EXPECT_NO_THROW(K::cuda::layer_norm_forward(K::LayerNormForward<K::bf16, float>{h, f, f, h + 1, f, f, 0, 3, 1e-5f}, nullptr));
+  }
+  {
+    K::GemmArgs<K::bf16> g;
+    g.m = 0, g.n = 3, g.k = 2, g.a = h, g.b = h, g.c = h + 1, g.lda = 2, g.ldb = 3, g.ldc = 3;
+    EXPECT_NO_THROW(K::cuda::gemm(g, nullptr));
+    K::GemmArgs<K::bf16, float> gw;
+    gw.m = 3, gw.n = 0, gw.k = 2, gw.a = h, gw.b = h, gw.c = f, gw.lda = 2, gw.ldb = 1, gw.ldc = 1, gw.beta = 1.0f;
+    EXPECT_NO_THROW(K::cuda::gemm(gw, nullptr));
+    EXPECT_NO_THROW(K::cuda::add(K::AddArgs<K::bf16>{h, h + 1, h + 2, 0}, nullptr));
+    EXPECT_NO_THROW(K::cuda::relu_backward(K::ReluBackward<K::bf16>{h, h + 1, h + 2, 0}, nullptr));
+    EXPECT_NO_THROW(K::cuda::bias_grad(K::BiasGrad<K::bf16, float>{h, f, 0, 5}, nullptr));
+  }
+  {
+    K::AttentionForward<K::bf16> a;
+    a.shape.B = 0, a.shape.Tq = 3, a.shape.Tk = 3, a.shape.H = 1, a.shape.Dh = 8, a.q = h, a.k = h, a.v = h, a.out = h + 1;
+    EXPECT_NO_THROW(K::cuda::attention_forward(a, nullptr));
+    K::AttentionBackward<K::bf16> b;
+    b.shape = a.shape, b.dout = h, b.q = h, b.k = h, b.v = h, b.out = h + 1, b.lse = f, b.dq = h + 2, b.dk = h + 3;
+    b.dv = h + 4;
+    EXPECT_NO_THROW(K::cuda::attention_backward(b, nullptr));
+  }
+  {
+    K::CrossEntropyArgs<K::bf16> ce;
+    ce.logits = h, ce.dlogits = h, ce.targets = ids, ce.N = 0, ce.V = 5;
+    const auto stats = K::cuda::cross_entropy(ce, nullptr);
+    EXPECT_EQ(stats.tokens, 0);
+    EXPECT_EQ(stats.loss, 0.0);
+  }
+  {
+    K::AdamArgs<float> a;
+    a.param = f, a.grad = f + 1, a.m = f + 2, a.v = f + 3, a.param_bf16 = h, a.n = 0;
+    EXPECT_NO_THROW(K::cuda::adam(a, nullptr));
+    EXPECT_NO_THROW(K::cuda::cast(K::CastArgs<float, K::bf16>{f, h, 0}, nullptr));
+    EXPECT_NO_THROW(K::cuda::cast(K::CastArgs<K::bf16, float>{h, f, 0}, nullptr));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Fused fp32 ops: embedding with its dropout, residual + dropout + LayerNorm.
 TEST(CudaOps, EmbeddingDropout) {
