@@ -14,6 +14,9 @@
 //   dk, dv: blocks over key tiles, looping over query tiles: dv_j = sum_t p'_t dout_t,
 //       dk_j = scale * sum_t ds_t q_t. Every dk/dv row is owned by one warp: a fixed summation order.
 // Dropout masks use dropout_row_key(seed, step, pair[b], t, site) and channel h * Tk + j, as on the CPU.
+// Storage: q, k, v, out, dout, dq, dk, dv are float32 or bf16 (T, the kernels' template argument); tiles are
+// converted to float when staged, and scores, softmax, lse, delta and every accumulation are float32. Outputs
+// are rounded once, when stored. (bf16 runs on the same CUDA-core arithmetic; no tensor cores yet.)
 // Threads outside the valid range of Tq or Tk still take part in staging and barriers; no early returns
 // precede a __syncthreads.
 #include <cstdint>
@@ -27,6 +30,10 @@ namespace aiayn::kernels {
 namespace {
 
 using cuda_detail::as_cuda;
+using cuda_detail::as_device;
+using cuda_detail::device_t;
+using cuda_detail::from_f32;
+using cuda_detail::to_f32;
 using cuda_detail::warp_max;
 using cuda_detail::warp_sum;
 
@@ -51,7 +58,8 @@ struct Params {
   uint32_t site;
 };
 
-Params to_params(const AttentionShape<float>& s) {
+template <class S>
+Params to_params(const AttentionShape<S>& s) {
   return Params{s.B,         s.Tq,          s.Tk,      s.H,      s.Dh,     s.q_bstride, s.kv_bstride,
                 s.o_bstride, s.q_stride,    s.kv_stride, s.o_stride, s.k_len, s.causal,  s.scale,
                 s.p_drop,    s.pair,        s.seed,    s.step,   s.site};
@@ -63,13 +71,14 @@ __device__ __forceinline__ int valid_key_count(const Params& p, int b) {
 }
 
 // Stages rows [row0, row0 + rows) of a strided [T, channels] tensor's head slice into smem[r * pitch + d];
-// rows at or beyond `limit` are zero.
-__device__ __forceinline__ void stage_rows(float* smem, int pitch, const float* base, long bstride, int stride,
+// rows at or beyond `limit` are zero. Converted to float.
+template <class T>
+__device__ __forceinline__ void stage_rows(float* smem, int pitch, const T* base, long bstride, int stride,
                                            int b, int h, int Dh, int row0, int rows, int limit) {
   for (int idx = threadIdx.x; idx < rows * Dh; idx += blockDim.x) {
     const int r = idx / Dh, d = idx - r * Dh;
     const int t = row0 + r;
-    smem[r * pitch + d] = t < limit ? base[b * bstride + long(t) * stride + h * Dh + d] : 0.0f;
+    smem[r * pitch + d] = t < limit ? to_f32(base[b * bstride + long(t) * stride + h * Dh + d]) : 0.0f;
   }
 }
 
@@ -81,9 +90,9 @@ __device__ __forceinline__ float dot_smem(const float* a, const float* b, int Dh
 
 // ---------------------------------------------------------------------------------------------------------
 // Forward. Shared: Q [kRowTile][Dh], K and V [kColTile][Dh + 1] (padding: lane j reads row j conflict-free).
-__global__ void attention_forward_kernel(Params p, const float* __restrict__ q, const float* __restrict__ k,
-                                         const float* __restrict__ v, float* __restrict__ out,
-                                         float* __restrict__ lse) {
+template <class T>
+__global__ void attention_forward_kernel(Params p, const T* __restrict__ q, const T* __restrict__ k,
+                                         const T* __restrict__ v, T* __restrict__ out, float* __restrict__ lse) {
   AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Qs = smem;
@@ -149,11 +158,11 @@ __global__ void attention_forward_kernel(Params p, const float* __restrict__ q, 
     const int t = t0 + warp * kRowsPerWarp + rr;
     if (t >= p.Tq) continue;
     const float norm = l[rr] > 0.0f ? 1.0f / (l[rr] * (1.0f - p.p_drop)) : 0.0f;
-    float* o = out + b * p.o_bstride + long(t) * p.o_stride + h * Dh;
+    T* o = out + b * p.o_bstride + long(t) * p.o_stride + h * Dh;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + 32 * i;
-      if (d < Dh) o[d] = acc[rr][i] * norm;
+      if (d < Dh) o[d] = from_f32<T>(acc[rr][i] * norm);
     }
     if (lse && lane == 0) lse[(size_t(b) * p.H + h) * p.Tq + t] = l[rr] > 0.0f ? m[rr] + logf(l[rr]) : -INFINITY;
   }
@@ -161,25 +170,28 @@ __global__ void attention_forward_kernel(Params p, const float* __restrict__ q, 
 
 // ---------------------------------------------------------------------------------------------------------
 // Backward, step 1: delta[b, h, t] = sum over the head's channels of dout * out. One warp per (b, t, h).
-__global__ void attention_delta_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ out,
+// delta uses the stored (in bf16: rounded) out, the values the forward actually produced.
+template <class T>
+__global__ void attention_delta_kernel(Params p, const T* __restrict__ dout, const T* __restrict__ out,
                                        float* __restrict__ delta) {
   const long row = long(blockIdx.x) * kWarps + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
   if (row >= long(p.B) * p.Tq * p.H) return;
   const int h = int(row % p.H), t = int((row / p.H) % p.Tq), b = int(row / (long(p.H) * p.Tq));
-  const float* go = dout + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
-  const float* o = out + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
+  const T* go = dout + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
+  const T* o = out + b * p.o_bstride + long(t) * p.o_stride + h * p.Dh;
   float acc = 0.0f;
-  for (int d = lane; d < p.Dh; d += 32) acc += go[d] * o[d];
+  for (int d = lane; d < p.Dh; d += 32) acc += to_f32(go[d]) * to_f32(o[d]);
   acc = warp_sum(acc);
   if (lane == 0) delta[(size_t(b) * p.H + h) * p.Tq + t] = acc;
 }
 
 // Backward, step 2: dq. Shared: Q, dO [kRowTile][Dh]; K, V [kColTile][Dh + 1].
-__global__ void attention_dq_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ q,
-                                    const float* __restrict__ k, const float* __restrict__ v,
+template <class T>
+__global__ void attention_dq_kernel(Params p, const T* __restrict__ dout, const T* __restrict__ q,
+                                    const T* __restrict__ k, const T* __restrict__ v,
                                     const float* __restrict__ lse, const float* __restrict__ delta,
-                                    float* __restrict__ dq) {
+                                    T* __restrict__ dq) {
   AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Qs = smem;
@@ -246,21 +258,22 @@ __global__ void attention_dq_kernel(Params p, const float* __restrict__ dout, co
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int t = t0 + warp * kRowsPerWarp + rr;
     if (t >= p.Tq) continue;
-    float* g = dq + b * p.q_bstride + long(t) * p.q_stride + h * Dh;
+    T* g = dq + b * p.q_bstride + long(t) * p.q_stride + h * Dh;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + 32 * i;
-      if (d < Dh) g[d] = acc[rr][i] * p.scale;
+      if (d < Dh) g[d] = from_f32<T>(acc[rr][i] * p.scale);
     }
   }
 }
 
 // Backward, step 3: dk and dv. Blocks over key tiles; shared: K, V [kRowTile][Dh]; Q, dO [kColTile][Dh + 1];
 // lse, delta [kColTile].
-__global__ void attention_dkdv_kernel(Params p, const float* __restrict__ dout, const float* __restrict__ q,
-                                      const float* __restrict__ k, const float* __restrict__ v,
+template <class T>
+__global__ void attention_dkdv_kernel(Params p, const T* __restrict__ dout, const T* __restrict__ q,
+                                      const T* __restrict__ k, const T* __restrict__ v,
                                       const float* __restrict__ lse, const float* __restrict__ delta,
-                                      float* __restrict__ dk, float* __restrict__ dv) {
+                                      T* __restrict__ dk, T* __restrict__ dv) {
   AIAYN_DYNAMIC_SHARED(float, smem);
   const int Dh = p.Dh, pitch = Dh + 1;
   float* Ks = smem;
@@ -335,21 +348,22 @@ __global__ void attention_dkdv_kernel(Params p, const float* __restrict__ dout, 
   for (int rr = 0; rr < kRowsPerWarp; ++rr) {
     const int j = j0 + warp * kRowsPerWarp + rr;
     if (j >= p.Tk) continue;
-    float* gkr = dk + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
-    float* gvr = dv + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
+    T* gkr = dk + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
+    T* gvr = dv + b * p.kv_bstride + long(j) * p.kv_stride + h * Dh;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + 32 * i;
       if (d < Dh) {
-        gkr[d] = gk[rr][i] * p.scale;
-        gvr[d] = gv[rr][i];
+        gkr[d] = from_f32<T>(gk[rr][i] * p.scale);
+        gvr[d] = from_f32<T>(gv[rr][i]);
       }
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-void check_shape(const AttentionShape<float>& s, const char* op) {
+template <class S>
+void check_shape(const AttentionShape<S>& s, const char* op) {
   AIAYN_CHECK(s.B >= 0 && s.Tq >= 0 && s.Tk >= 0 && s.H > 0 && s.Dh > 0,
               std::string(op) + ": bad shape (B, Tq, Tk must be non-negative, H and Dh positive)");
   AIAYN_CHECK(s.Dh <= kMaxDh, std::string(op) + " (cuda): head width " + std::to_string(s.Dh) +
@@ -365,23 +379,24 @@ void allow_shared(Kernel kernel, size_t bytes) {
     AIAYN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)));
 }
 
-}  // namespace
-
-namespace cuda {
-
-void attention_forward(const AttentionForward<float>& a, Stream s) {
-  const AttentionShape<float>& sh = a.shape;
+// S: the host storage type (float or bf16); the kernels take its device type.
+template <class S>
+void attention_forward_impl(const AttentionForward<S>& a, Stream s) {
+  using T = device_t<S>;
+  const AttentionShape<S>& sh = a.shape;
   check_shape(sh, "attention_forward");
   if (sh.B == 0 || sh.Tq == 0) return;
   const Params p = to_params(sh);
   const size_t smem = sizeof(float) * (size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
-  allow_shared(attention_forward_kernel, smem);
+  allow_shared(attention_forward_kernel<T>, smem);
   const dim3 grid((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-  cuda_detail::launch("attention_forward_kernel", attention_forward_kernel, grid, kWarps * 32, smem, as_cuda(s), p, a.q, a.k, a.v, a.out, a.lse);
+  cuda_detail::launch("attention_forward_kernel", attention_forward_kernel<T>, grid, kWarps * 32, smem, as_cuda(s), p, as_device(a.q), as_device(a.k), as_device(a.v), as_device(a.out), a.lse);
 }
 
-void attention_backward(const AttentionBackward<float>& a, Stream s) {
-  const AttentionShape<float>& sh = a.shape;
+template <class S>
+void attention_backward_impl(const AttentionBackward<S>& a, Stream s) {
+  using T = device_t<S>;
+  const AttentionShape<S>& sh = a.shape;
   check_shape(sh, "attention_backward");
   AIAYN_CHECK(a.lse != nullptr && a.out != nullptr,
               "attention_backward (cuda): needs the forward output and the lse saved by the forward pass");
@@ -392,21 +407,28 @@ void attention_backward(const AttentionBackward<float>& a, Stream s) {
   const size_t rows = size_t(sh.B) * sh.H * sh.Tq;
   if (rows > 0) {
     AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&delta), rows * sizeof(float), st));
-    cuda_detail::launch("attention_delta_kernel", attention_delta_kernel, unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, st, p, a.dout, a.out, delta);
+    cuda_detail::launch("attention_delta_kernel", attention_delta_kernel<T>, unsigned((rows + kWarps - 1) / kWarps), kWarps * 32, 0, st, p, as_device(a.dout), as_device(a.out), delta);
     const size_t smem_dq = sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
-    allow_shared(attention_dq_kernel, smem_dq);
+    allow_shared(attention_dq_kernel<T>, smem_dq);
     const dim3 grid_q((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    cuda_detail::launch("attention_dq_kernel", attention_dq_kernel, grid_q, kWarps * 32, smem_dq, st, p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dq);
+    cuda_detail::launch("attention_dq_kernel", attention_dq_kernel<T>, grid_q, kWarps * 32, smem_dq, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), a.lse, static_cast<const float*>(delta), as_device(a.dq));
   }
   if (sh.Tk > 0) {
     const size_t smem_kv =
         sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1) + 2 * kColTile);
-    allow_shared(attention_dkdv_kernel, smem_kv);
+    allow_shared(attention_dkdv_kernel<T>, smem_kv);
     const dim3 grid_k((sh.Tk + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    cuda_detail::launch("attention_dkdv_kernel", attention_dkdv_kernel, grid_k, kWarps * 32, smem_kv, st, p, a.dout, a.q, a.k, a.v, a.lse, delta, a.dk, a.dv);
+    cuda_detail::launch("attention_dkdv_kernel", attention_dkdv_kernel<T>, grid_k, kWarps * 32, smem_kv, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), a.lse, static_cast<const float*>(delta), as_device(a.dk), as_device(a.dv));
   }
   if (delta) AIAYN_CUDA_CHECK(cudaFreeAsync(delta, st));
 }
 
+}  // namespace
+
+namespace cuda {
+void attention_forward(const AttentionForward<float>& a, Stream s) { attention_forward_impl(a, s); }
+void attention_backward(const AttentionBackward<float>& a, Stream s) { attention_backward_impl(a, s); }
+void attention_forward(const AttentionForward<bf16>& a, Stream s) { attention_forward_impl(a, s); }
+void attention_backward(const AttentionBackward<bf16>& a, Stream s) { attention_backward_impl(a, s); }
 }  // namespace cuda
 }  // namespace aiayn::kernels

@@ -1,17 +1,22 @@
 #pragma once
 // Shared by every CUDA translation unit of the op table: the one CUDA check macro, the Stream cast, grid
-// sizing and deterministic warp/block reductions.
+// sizing, deterministic warp/block reductions, and the storage types (float32 or bf16).
 //
 // Invariants: launchers take the opaque Stream last and cast it with as_cuda(); every CUDA runtime call and
 // every launch is checked with AIAYN_CUDA_CHECK (throws aiayn::Error with file, line and CUDA's message).
 // Reductions here combine values in a fixed tree order, so results do not depend on timing.
+// Kernels are templated on the storage type T (float or __nv_bfloat16): they load with to_f32, compute in
+// float and store with from_f32<T>, which rounds to nearest even (as kernels::to_bf16 does on the host).
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "aiayn/error.hpp"
+#include "kernels/bf16.hpp"
 #include "kernels/device.hpp"
 
 #define AIAYN_CUDA_CHECK(expr)                                                                              \
@@ -29,6 +34,29 @@
 namespace aiayn::kernels::cuda_detail {
 
 inline cudaStream_t as_cuda(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// kernels::bf16 (the headers' plain struct) and __nv_bfloat16 are the same 16 bits; as_device is the one place
+// where a host-side pointer type becomes the device type (float stays float).
+static_assert(sizeof(bf16) == sizeof(__nv_bfloat16) && alignof(bf16) == alignof(__nv_bfloat16),
+              "kernels::bf16 must be layout-compatible with __nv_bfloat16");
+template <class T> struct device_type { using type = T; };
+template <> struct device_type<bf16> { using type = __nv_bfloat16; };
+template <class T> using device_t = typename device_type<T>::type;
+template <class T> device_t<T>* as_device(T* p) { return reinterpret_cast<device_t<T>*>(p); }
+template <class T> const device_t<T>* as_device(const T* p) { return reinterpret_cast<const device_t<T>*>(p); }
+
+// Element conversions of the storage types: exact to float; from float rounded to nearest even.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <class T>
+__device__ __forceinline__ T from_f32(float x) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, __nv_bfloat16>, "storage is float or bf16");
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return __float2bfloat16_rn(x);
+  } else {
+    return x;
+  }
+}
 
 // Every kernel launch goes through here: the kernel, its grid, block, dynamic shared memory and stream, then
 // its arguments. Configuration errors surface at once as an aiayn::Error naming `what` (execution errors at

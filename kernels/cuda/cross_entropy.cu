@@ -7,6 +7,9 @@
 // Per-row results go to a scratch array; one block sums them in a fixed tree order (deterministic) and the
 // totals are copied to the host: the call synchronises the stream. A target outside [0, V) that is not the
 // pad id throws, naming the first such row (as the CPU reference does).
+// Storage: logits and dlogits float32 or bf16. Each pass reads the row in the block's chunks of kRowThreads
+// logits, converted to float; exp in float, sums in double, the gradient rounded once when stored: no float32
+// copy of the row (or of [N, V]) exists in bf16.
 #include <cstdint>
 #include <string>
 
@@ -17,6 +20,10 @@ namespace aiayn::kernels {
 namespace {
 
 using cuda_detail::as_cuda;
+using cuda_detail::as_device;
+using cuda_detail::device_t;
+using cuda_detail::from_f32;
+using cuda_detail::to_f32;
 using cuda_detail::block_sum;
 
 constexpr int kRowThreads = 512;
@@ -42,7 +49,9 @@ __device__ __forceinline__ void argmax_combine(float& v, int& i, float ov, int o
   }
 }
 
-__global__ void cross_entropy_row_kernel(const float* logits, float* dlogits, const int32_t* __restrict__ targets,
+// logits and dlogits may alias: no __restrict__.
+template <class T>
+__global__ void cross_entropy_row_kernel(const T* logits, T* dlogits, const int32_t* __restrict__ targets,
                                          RowResult* __restrict__ rows, int V, int pad_id, float smoothing,
                                          float grad_scale) {
   __shared__ float s_val[32];
@@ -50,21 +59,21 @@ __global__ void cross_entropy_row_kernel(const float* logits, float* dlogits, co
   __shared__ double scratch[32];
   const int n = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const float* x = logits + size_t(n) * V;                       // [V]
-  float* dx = dlogits ? dlogits + size_t(n) * V : nullptr;       // [V], may be x
+  const T* x = logits + size_t(n) * V;                       // [V]
+  T* dx = dlogits ? dlogits + size_t(n) * V : nullptr;       // [V], may be x
   const int y = targets[n];
   if (y == pad_id || y < 0 || y >= V) {
     if (dx)
-      for (int j = tid; j < V; j += blockDim.x) dx[j] = 0.0f;
+      for (int j = tid; j < V; j += blockDim.x) dx[j] = from_f32<T>(0.0f);
     if (tid == 0) rows[n] = RowResult{0.0, 0.0, y == pad_id ? 0 : kBadTarget};
     return;
   }
-  const float x_y = x[y];
+  const float x_y = to_f32(x[y]);
 
   // Pass 1: max and first argmax.
   float best = -INFINITY;
   int best_i = V;
-  for (int j = tid; j < V; j += blockDim.x) argmax_combine(best, best_i, x[j], j);
+  for (int j = tid; j < V; j += blockDim.x) argmax_combine(best, best_i, to_f32(x[j]), j);
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
     const float ov = __shfl_xor_sync(0xffffffffu, best, off);
@@ -84,7 +93,7 @@ __global__ void cross_entropy_row_kernel(const float* logits, float* dlogits, co
   // Pass 2: sums for the normaliser and the smoothing term.
   double sum_exp = 0.0, sum_x = 0.0;
   for (int j = tid; j < V; j += blockDim.x) {
-    const float xj = x[j];
+    const float xj = to_f32(x[j]);
     sum_exp += expf(xj - max);
     sum_x += xj;
   }
@@ -101,8 +110,8 @@ __global__ void cross_entropy_row_kernel(const float* logits, float* dlogits, co
   if (dx) {
     const float off_target = smoothing / V, on_target = 1.0f - smoothing;
     for (int j = tid; j < V; j += blockDim.x) {
-      const float softmax = expf(static_cast<float>(double(x[j]) - lse));
-      dx[j] = grad_scale * (softmax - (j == y ? on_target : 0.0f) - off_target);
+      const float softmax = expf(static_cast<float>(double(to_f32(x[j])) - lse));
+      dx[j] = from_f32<T>(grad_scale * (softmax - (j == y ? on_target : 0.0f) - off_target));
     }
   }
 }
@@ -142,11 +151,8 @@ __global__ void cross_entropy_total_kernel(const RowResult* __restrict__ rows, i
   if (tid == 0) *out = Totals{s_loss[0], s_nll[0], s_tok[0], s_cor[0], s_bad[0]};
 }
 
-}  // namespace
-
-namespace cuda {
-
-CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s) {
+template <class S>
+CrossEntropyStats cross_entropy_impl(const CrossEntropyArgs<S>& a, Stream s) {
   AIAYN_CHECK(a.N >= 0 && a.V > 0, "cross_entropy: bad shape");
   CrossEntropyStats stats;
   if (a.N == 0) return stats;
@@ -156,7 +162,7 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s) {
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), row_bytes + sizeof(Totals), st));
   RowResult* rows = reinterpret_cast<RowResult*>(scratch);
   Totals* totals = reinterpret_cast<Totals*>(scratch + row_bytes);
-  cuda_detail::launch("cross_entropy_row_kernel", cross_entropy_row_kernel, a.N, kRowThreads, 0, st, a.logits, a.dlogits, a.targets, rows, a.V, a.pad_id, a.smoothing, a.grad_scale);
+  cuda_detail::launch("cross_entropy_row_kernel", cross_entropy_row_kernel<device_t<S>>, a.N, kRowThreads, 0, st, as_device(a.logits), as_device(a.dlogits), a.targets, rows, a.V, a.pad_id, a.smoothing, a.grad_scale);
   cuda_detail::launch("cross_entropy_total_kernel", cross_entropy_total_kernel, 1, kReduceThreads, 0, st, rows, a.N, totals);
   Totals host{};
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host, totals, sizeof(Totals), cudaMemcpyDeviceToHost, st));
@@ -175,5 +181,10 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s) {
   return stats;
 }
 
+}  // namespace
+
+namespace cuda {
+CrossEntropyStats cross_entropy(const CrossEntropyArgs<float>& a, Stream s) { return cross_entropy_impl(a, s); }
+CrossEntropyStats cross_entropy(const CrossEntropyArgs<bf16>& a, Stream s) { return cross_entropy_impl(a, s); }
 }  // namespace cuda
 }  // namespace aiayn::kernels

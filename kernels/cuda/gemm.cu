@@ -1,6 +1,10 @@
 // Row-major GEMM through cuBLASLt, and the epilogue helpers (relu_backward, bias_grad, add).
 //
-//   C[m, n] = act(alpha * op(A) @ op(B) + beta * C + bias[n])          fp32 in, fp32 out, CUBLAS_COMPUTE_32F
+//   C[m, n] = act(alpha * op(A) @ op(B) + beta * C + bias[n])          CUBLAS_COMPUTE_32F (no TF32), float scale
+//
+// Types (A and B share one type; C and bias share one): fp32 A, B, C; bf16 A, B, C, bias (activations); bf16 A, B
+// with fp32 C and bias (weight gradients accumulated with beta = 1). cuBLASLt lists all three for
+// CUBLAS_COMPUTE_32F; the bias must have the output's type (CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE is set to it).
 //
 // Row-major is handled by swapping operands: a row-major X with leading dimension ld is the column-major X^T
 // with the same ld, so cuBLASLt computes the column-major C^T [n, m] = op(B)^T @ op(A)^T. The bias then runs
@@ -9,7 +13,8 @@
 // small kernel applies them after the product (beta != 0 would otherwise need the epilogue to see C).
 // One cuBLASLt handle per device and one 32 MiB workspace per (device, stream), created on first use and
 // kept for the life of the process; the chosen algorithm is cached per problem description.
-// bias_grad reduces columns in two fixed-order passes (row chunks, then the chunk sums): deterministic.
+// bias_grad reduces columns in two fixed-order passes (row chunks, then the chunk sums): deterministic; float
+// sums whatever dy's storage. relu_backward and add are element-wise (bf16: float compare / add, one rounding).
 #include <cublasLt.h>
 
 #include <array>
@@ -35,7 +40,15 @@ namespace aiayn::kernels {
 namespace {
 
 using cuda_detail::as_cuda;
+using cuda_detail::as_device;
+using cuda_detail::device_t;
+using cuda_detail::from_f32;
 using cuda_detail::grid_for;
+using cuda_detail::to_f32;
+
+template <class T> constexpr cudaDataType_t cuda_data_type();
+template <> constexpr cudaDataType_t cuda_data_type<float>() { return CUDA_R_32F; }
+template <> constexpr cudaDataType_t cuda_data_type<bf16>() { return CUDA_R_16BF; }
 
 constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
@@ -63,10 +76,11 @@ LtContext lt_context(cudaStream_t st) {
   return ctx;
 }
 
-int alignment_bytes(const void* p, long ld_elems) {
+// The largest power of two (256 at most, the element size at least) dividing the address and the row pitch.
+int alignment_bytes(const void* p, long ld_elems, int elem_bytes) {
   const auto addr = reinterpret_cast<uintptr_t>(p);
   int align = 256;
-  while (align > 4 && ((addr % align) != 0 || ((ld_elems * 4) % align) != 0)) align >>= 1;
+  while (align > elem_bytes && ((addr % align) != 0 || ((ld_elems * elem_bytes) % align) != 0)) align >>= 1;
   return align;
 }
 
@@ -85,43 +99,50 @@ struct MatmulDescs {
 };
 
 // c[r, col] = act((beta == 0 ? 0 : beta * c[r, col]) + bias[col]) over an [m, n] matrix with row stride ldc.
-__global__ void bias_act_kernel(float* __restrict__ c, int m, int n, int ldc, float beta,
-                                const float* __restrict__ bias, bool relu) {
+template <class TC>
+__global__ void bias_act_kernel(TC* __restrict__ c, int m, int n, int ldc, float beta, const TC* __restrict__ bias,
+                                bool relu) {
   const size_t total = size_t(m) * n;
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += size_t(gridDim.x) * blockDim.x) {
     const int r = static_cast<int>(i / n), col = static_cast<int>(i % n);
-    float& x = c[size_t(r) * ldc + col];
-    float v = beta == 0.0f ? 0.0f : beta * x;
-    if (bias) v += bias[col];
-    x = relu ? fmaxf(v, 0.0f) : v;
+    TC& x = c[size_t(r) * ldc + col];
+    float v = beta == 0.0f ? 0.0f : beta * to_f32(x);
+    if (bias) v += to_f32(bias[col]);
+    x = from_f32<TC>(relu ? fmaxf(v, 0.0f) : v);
   }
 }
 
-void launch_bias_act(float* c, int m, int n, int ldc, float beta, const float* bias, bool relu, cudaStream_t st) {
-  cuda_detail::launch("bias_act_kernel", bias_act_kernel, grid_for(size_t(m) * n, 256), 256, 0, st, c, m, n, ldc, beta, bias, relu);
+template <class TC>
+void launch_bias_act(TC* c, int m, int n, int ldc, float beta, const TC* bias, bool relu, cudaStream_t st) {
+  cuda_detail::launch("bias_act_kernel", bias_act_kernel<TC>, grid_for(size_t(m) * n, 256), 256, 0, st, c, m, n, ldc, beta, bias, relu);
 }
 
-__global__ void relu_backward_kernel(const float* __restrict__ y, const float* dy, float* dx, size_t n) {
+// dx may alias dy.
+template <class T>
+__global__ void relu_backward_kernel(const T* __restrict__ y, const T* dy, T* dx, size_t n) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    dx[i] = to_f32(y[i]) > 0.0f ? dy[i] : from_f32<T>(0.0f);
 }
 
-__global__ void add_kernel(const float* a, const float* b, float* y, size_t n) {
+// y may alias a or b.
+template <class T>
+__global__ void add_kernel(const T* a, const T* b, T* y, size_t n) {
   for (size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
-    y[i] = a[i] + b[i];
+    y[i] = from_f32<T>(to_f32(a[i]) + to_f32(b[i]));
 }
 
 // bias_grad pass 1: block (column tile of 32, row chunk) -> partial[chunk, col], rows summed in order by
 // each of 8 row lanes, then the 8 lanes in order.
 constexpr int kColTile = 32, kRowLanes = 8, kRowChunk = 256;
-__global__ void column_sum_partial_kernel(const float* __restrict__ dy, float* __restrict__ partial, int rows,
+template <class T>
+__global__ void column_sum_partial_kernel(const T* __restrict__ dy, float* __restrict__ partial, int rows,
                                           int cols) {
   __shared__ float sums[kRowLanes][kColTile];
   const int col = blockIdx.x * kColTile + threadIdx.x;
   const int r0 = blockIdx.y * kRowChunk, r1 = min(rows, r0 + kRowChunk);
   float acc = 0.0f;
   if (col < cols)
-    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += dy[size_t(r) * cols + col];
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += to_f32(dy[size_t(r) * cols + col]);
   sums[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   if (threadIdx.y == 0 && col < cols) {
@@ -141,16 +162,14 @@ __global__ void column_sum_final_kernel(const float* __restrict__ partial, float
   db[col] += total;
 }
 
-}  // namespace
-
-namespace cuda {
-
-void gemm(const GemmArgs<float>& g, Stream s) {
+// T: the host type of A and B, TC: of C and bias (float or bf16).
+template <class T, class TC>
+void gemm_impl(const GemmArgs<T, TC>& g, Stream s) {
   AIAYN_CHECK(g.m >= 0 && g.n >= 0 && g.k >= 0, "gemm: negative dimension");
   if (g.m == 0 || g.n == 0) return;
   const cudaStream_t st = as_cuda(s);
   if (g.k == 0) {  // empty product: C = act(beta * C + bias)
-    launch_bias_act(g.c, g.m, g.n, g.ldc, g.beta, g.bias, g.relu, st);
+    launch_bias_act(as_device(g.c), g.m, g.n, g.ldc, g.beta, as_device(g.bias), g.relu, st);
     return;
   }
   const bool epilogue_ok = g.beta == 0.0f && (!g.bias || reinterpret_cast<uintptr_t>(g.bias) % 16 == 0);
@@ -158,6 +177,8 @@ void gemm(const GemmArgs<float>& g, Stream s) {
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   if (use_epilogue)
     epilogue = g.bias ? (g.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS) : CUBLASLT_EPILOGUE_RELU;
+  constexpr cudaDataType_t ab_type = cuda_data_type<T>(), c_type = cuda_data_type<TC>();
+  constexpr int ab_bytes = sizeof(T), c_bytes = sizeof(TC);
 
   const LtContext ctx = lt_context(st);
   MatmulDescs d;
@@ -171,24 +192,25 @@ void gemm(const GemmArgs<float>& g, Stream s) {
   if (use_epilogue && g.bias) {
     const void* bias = g.bias;
     AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    const cudaDataType_t bias_type = CUDA_R_32F;
+    const int32_t bias_type = c_type;  // the attribute is an int32_t holding a cudaDataType
     AIAYN_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type, sizeof(bias_type)));
   }
   // Layouts describe the stored (pre-op) matrices in column-major terms.
-  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, CUDA_R_32F, g.trans_b ? g.k : g.n, g.trans_b ? g.n : g.k, g.ldb));
-  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_32F, g.trans_a ? g.m : g.k, g.trans_a ? g.k : g.m, g.lda));
-  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, CUDA_R_32F, g.n, g.m, g.ldc));
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, ab_type, g.trans_b ? g.k : g.n, g.trans_b ? g.n : g.k, g.ldb));
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, ab_type, g.trans_a ? g.m : g.k, g.trans_a ? g.k : g.m, g.lda));
+  AIAYN_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, c_type, g.n, g.m, g.ldc));
 
-  // Algorithm cache: the heuristic depends only on the problem description and pointer alignments.
-  const int align_a = alignment_bytes(g.b, g.ldb), align_b = alignment_bytes(g.a, g.lda),
-            align_c = alignment_bytes(g.c, g.ldc);
+  // Algorithm cache: the heuristic depends only on the problem description (types included) and alignments.
+  const int align_a = alignment_bytes(g.b, g.ldb, ab_bytes), align_b = alignment_bytes(g.a, g.lda, ab_bytes),
+            align_c = alignment_bytes(g.c, g.ldc, c_bytes);
   int dev = 0;
   AIAYN_CUDA_CHECK(cudaGetDevice(&dev));
-  const std::array<long, 13> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
-                                    long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f};
+  const std::array<long, 14> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
+                                    long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f,
+                                    long(ab_type) * 1000L + long(c_type)};
   static std::mutex mu;
-  static std::map<std::array<long, 13>, cublasLtMatmulAlgo_t> algos;
+  static std::map<std::array<long, 14>, cublasLtMatmulAlgo_t> algos;
   cublasLtMatmulAlgo_t algo{};
   bool cached = false;
   {
@@ -213,7 +235,10 @@ void gemm(const GemmArgs<float>& g, Stream s) {
     int found = 0;
     AIAYN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found));
     AIAYN_CHECK(found > 0, "gemm: cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" +
-                               std::to_string(g.n) + " k=" + std::to_string(g.k));
+                               std::to_string(g.n) + " k=" + std::to_string(g.k) + " (A/B type " +
+                               std::to_string(int(ab_type)) + ", C type " + std::to_string(int(c_type)) +
+                               ", alignments " + std::to_string(align_a) + "/" + std::to_string(align_b) + "/" +
+                               std::to_string(align_c) + " bytes)");
     algo = result.algo;
     std::lock_guard<std::mutex> lock(mu);
     algos[key] = algo;
@@ -221,15 +246,18 @@ void gemm(const GemmArgs<float>& g, Stream s) {
   const float alpha = g.alpha, beta = g.beta;
   AIAYN_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, d.op, &alpha, g.b, d.a, g.a, d.b, &beta, g.c, d.c, g.c, d.c, &algo,
                                     ctx.workspace, kWorkspaceBytes, st));
-  if ((g.bias || g.relu) && !use_epilogue) launch_bias_act(g.c, g.m, g.n, g.ldc, 1.0f, g.bias, g.relu, st);
+  if ((g.bias || g.relu) && !use_epilogue)
+    launch_bias_act(as_device(g.c), g.m, g.n, g.ldc, 1.0f, as_device(g.bias), g.relu, st);
 }
 
-void relu_backward(const ReluBackward<float>& a, Stream s) {
+template <class T>
+void relu_backward_impl(const ReluBackward<T>& a, Stream s) {
   if (a.n == 0) return;
-  cuda_detail::launch("relu_backward_kernel", relu_backward_kernel, grid_for(a.n, 256), 256, 0, as_cuda(s), a.y, a.dy, a.dx, a.n);
+  cuda_detail::launch("relu_backward_kernel", relu_backward_kernel<device_t<T>>, grid_for(a.n, 256), 256, 0, as_cuda(s), as_device(a.y), as_device(a.dy), as_device(a.dx), a.n);
 }
 
-void bias_grad(const BiasGrad<float>& a, Stream s) {
+template <class T>
+void bias_grad_impl(const BiasGrad<T, float>& a, Stream s) {
   AIAYN_CHECK(a.rows >= 0 && a.cols >= 0, "bias_grad: bad shape");
   if (a.rows == 0 || a.cols == 0) return;
   const cudaStream_t st = as_cuda(s);
@@ -238,15 +266,28 @@ void bias_grad(const BiasGrad<float>& a, Stream s) {
   float* partial = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partial), size_t(chunks) * a.cols * sizeof(float), st));
   const dim3 grid((a.cols + kColTile - 1) / kColTile, chunks);
-  cuda_detail::launch("column_sum_partial_kernel", column_sum_partial_kernel, grid, dim3(kColTile, kRowLanes), 0, st, a.dy, partial, a.rows, a.cols);
+  cuda_detail::launch("column_sum_partial_kernel", column_sum_partial_kernel<device_t<T>>, grid, dim3(kColTile, kRowLanes), 0, st, as_device(a.dy), partial, a.rows, a.cols);
   cuda_detail::launch("column_sum_final_kernel", column_sum_final_kernel, (a.cols + 255) / 256, 256, 0, st, partial, a.db, chunks, a.cols);
   AIAYN_CUDA_CHECK(cudaFreeAsync(partial, st));
 }
 
-void add(const AddArgs<float>& a, Stream s) {
+template <class T>
+void add_impl(const AddArgs<T>& a, Stream s) {
   if (a.n == 0) return;
-  cuda_detail::launch("add_kernel", add_kernel, grid_for(a.n, 256), 256, 0, as_cuda(s), a.a, a.b, a.y, a.n);
+  cuda_detail::launch("add_kernel", add_kernel<device_t<T>>, grid_for(a.n, 256), 256, 0, as_cuda(s), as_device(a.a), as_device(a.b), as_device(a.y), a.n);
 }
 
+}  // namespace
+
+namespace cuda {
+void gemm(const GemmArgs<float>& g, Stream s) { gemm_impl(g, s); }
+void gemm(const GemmArgs<bf16>& g, Stream s) { gemm_impl(g, s); }
+void gemm(const GemmArgs<bf16, float>& g, Stream s) { gemm_impl(g, s); }
+void relu_backward(const ReluBackward<float>& a, Stream s) { relu_backward_impl(a, s); }
+void relu_backward(const ReluBackward<bf16>& a, Stream s) { relu_backward_impl(a, s); }
+void bias_grad(const BiasGrad<float>& a, Stream s) { bias_grad_impl(a, s); }
+void bias_grad(const BiasGrad<bf16, float>& a, Stream s) { bias_grad_impl(a, s); }
+void add(const AddArgs<float>& a, Stream s) { add_impl(a, s); }
+void add(const AddArgs<bf16>& a, Stream s) { add_impl(a, s); }
 }  // namespace cuda
 }  // namespace aiayn::kernels
