@@ -189,21 +189,24 @@ template <class T>
 inline __attribute__((always_inline)) void times_packed(const T* __restrict x, const T* __restrict mt, int ld, int Dh,
                                                         int n, T* __restrict out) {
   typedef T Vec __attribute__((vector_size(kLanes * sizeof(T))));
-  auto row = [&](int d, int j0) {
-    Vec m;
-    std::memcpy(&m, mt + size_t(d) * ld + j0, sizeof m);
-    return m;
-  };
+  // Loads through memcpy into a named vector (a lambda returning a 64-byte vector by value would change the
+  // portable clone's ABI).
+  Vec m0, m1, m2, m3;
+  auto row = [&](Vec& m, int d, int j0) { std::memcpy(&m, mt + size_t(d) * ld + j0, sizeof m); };
   for (int j0 = 0; j0 < n; j0 += kLanes) {
     Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
     int d = 0;
     for (; d + 4 <= Dh; d += 4) {
-      a0 += x[d] * row(d, j0);
-      a1 += x[d + 1] * row(d + 1, j0);
-      a2 += x[d + 2] * row(d + 2, j0);
-      a3 += x[d + 3] * row(d + 3, j0);
+      row(m0, d, j0), row(m1, d + 1, j0), row(m2, d + 2, j0), row(m3, d + 3, j0);
+      a0 += x[d] * m0;
+      a1 += x[d + 1] * m1;
+      a2 += x[d + 2] * m2;
+      a3 += x[d + 3] * m3;
     }
-    for (; d < Dh; ++d) a0 += x[d] * row(d, j0);
+    for (; d < Dh; ++d) {
+      row(m0, d, j0);
+      a0 += x[d] * m0;
+    }
     const Vec acc = (a0 + a1) + (a2 + a3);
     T lanes[kLanes];
     std::memcpy(lanes, &acc, sizeof acc);
@@ -218,20 +221,18 @@ template <class T>
 inline __attribute__((always_inline)) void weighted_rows(const T* __restrict coef, const T* __restrict rows, long stride,
                                                          int n, int Dh, T* __restrict out) {
   typedef T Vec __attribute__((vector_size(kLanes * sizeof(T))));
-  auto load = [&](int j, int d) {
-    Vec r;
-    std::memcpy(&r, rows + j * stride + d, sizeof r);
-    return r;
-  };
+  Vec r0, r1, r2, r3;
+  auto load = [&](Vec& r, int j, int d) { std::memcpy(&r, rows + j * stride + d, sizeof r); };
   int d0 = 0;
   for (; d0 + 4 * kLanes <= Dh; d0 += 4 * kLanes) {
     Vec a0 = {}, a1 = {}, a2 = {}, a3 = {};
     for (int j = 0; j < n; ++j) {
       const T c = coef[j];
-      a0 += c * load(j, d0);
-      a1 += c * load(j, d0 + kLanes);
-      a2 += c * load(j, d0 + 2 * kLanes);
-      a3 += c * load(j, d0 + 3 * kLanes);
+      load(r0, j, d0), load(r1, j, d0 + kLanes), load(r2, j, d0 + 2 * kLanes), load(r3, j, d0 + 3 * kLanes);
+      a0 += c * r0;
+      a1 += c * r1;
+      a2 += c * r2;
+      a3 += c * r3;
     }
     std::memcpy(out + d0, &a0, sizeof a0);
     std::memcpy(out + d0 + kLanes, &a1, sizeof a1);
@@ -240,7 +241,10 @@ inline __attribute__((always_inline)) void weighted_rows(const T* __restrict coe
   }
   for (; d0 + kLanes <= Dh; d0 += kLanes) {
     Vec acc = {};
-    for (int j = 0; j < n; ++j) acc += coef[j] * load(j, d0);
+    for (int j = 0; j < n; ++j) {
+      load(r0, j, d0);
+      acc += coef[j] * r0;
+    }
     std::memcpy(out + d0, &acc, sizeof acc);
   }
   for (int d = d0; d < Dh; ++d) {

@@ -174,7 +174,7 @@ TEST(Embed, IdOutOfRangeThrowsWithIndex) {
     EXPECT_NE(std::string(e.what()).find("index 2"), std::string::npos) << e.what();
   }
   std::vector<float> dtable(8);
-  EXPECT_THROW(cpu::embed_backward(EmbedBackward<float>{ids.data(), out.data(), dtable.data(), 3, 2, 4, 1.0f}),
+  EXPECT_THROW(cpu::embed_backward(EmbedBackward<float>{ids.data(), out.data(), dtable.data(), 3, 2, 4, 1.0f, {}}),
                aiayn::Error);
 }
 

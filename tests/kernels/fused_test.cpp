@@ -123,7 +123,7 @@ void check_embed_dropout(float p) {
   DropoutArgs<T> db = d;
   db.x = dout.data(), db.y = dropped.data();
   cpu::dropout_backward(db);
-  cpu::embed_backward(EmbedBackward<T>{ids.data(), dropped.data(), dt1.data(), N, D, V, 3.5f});
+  cpu::embed_backward(EmbedBackward<T>{ids.data(), dropped.data(), dt1.data(), N, D, V, 3.5f, {}});
   cpu::embed_backward(EmbedBackward<T>{ids.data(), dout.data(), dt2.data(), N, D, V, 3.5f, m});
   expect_same(dt2, dt1, "embed_backward");
 }

@@ -106,7 +106,7 @@ TEST(EmbedGrad, MatchesFiniteDifferencesWithRepeatedIds) {
   };
   const Vec prefill = rng.vec<double>(table.size());
   Vec dtable = prefill;  // backward accumulates
-  EmbedBackward<double> bwd{ids.data(), w.data(), dtable.data(), N, D, V, float(scale)};
+  EmbedBackward<double> bwd{ids.data(), w.data(), dtable.data(), N, D, V, float(scale), {}};
   cpu::embed_backward(bwd);
   for (size_t i = 0; i < dtable.size(); ++i) dtable[i] -= prefill[i];
   expect_gradient(table, dtable, loss, "dtable");

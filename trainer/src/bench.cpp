@@ -32,12 +32,13 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   const Config cfg = Config::load(o.config_path, o.overrides);
   auto log = make_logger("bench", false, "");
   const k::Device device = choose_device(cfg.device, 0, *log);
-  AIAYN_CHECK(cfg.precision != "bf16", "config key 'precision': bf16 is not implemented yet; use precision=fp32");
+  const bool bf16 = choose_bf16(cfg, device, *log);
   const int threads = setup_cpu_threads(cfg.train.threads, nullptr);
 
   ModelSpec spec;
   spec.arch = cfg.model;
   spec.vocab = o.vocab;
+  spec.bf16 = bf16;
   Model<float> model(spec, device);
   model.initialize(static_cast<uint64_t>(cfg.train.seed));
   const size_t n = model.num_params();
@@ -75,7 +76,7 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
     model.zero_grads();
     const auto st = model.forward_backward(b, DropoutContext{true, 1, static_cast<uint64_t>(s)}, 1.0f / b.tgt_tokens);
     last_loss = st.loss / std::max<int64_t>(1, st.tokens);
-    k::adam(device, adam_update(cfg, s, model.params(), model.grads(), m.data(), v.data(), n));
+    k::adam(device, adam_update(cfg, s, model.params(), model.grads(), m.data(), v.data(), n, 1.0f, model.params_bf16()));
   };
   int64_t s = 0;
   auto sync = [&] { if (device == k::Device::CUDA) k::cuda_synchronize(); };
@@ -94,7 +95,7 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   nlohmann::ordered_json out;
   out["system"] = "aiayn";
   out["device"] = k::device_name(device);
-  out["dtype"] = cfg.precision;
+  out["dtype"] = bf16 ? "bf16" : "fp32";
   out["layers"] = cfg.model.layers;
   out["d_model"] = cfg.model.d_model;
   out["vocab"] = o.vocab;

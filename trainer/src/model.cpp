@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
+#include <type_traits>
+#include <vector>
 
 #include "aiayn/error.hpp"
 #include "kernels/dropout_hash.hpp"
@@ -21,6 +24,19 @@ using k::Device;
 
 template <class T>
 struct Model<T>::Impl {
+  virtual ~Impl() = default;
+  virtual kernels::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale) = 0;
+  virtual kernels::CrossEntropyStats forward_loss(const Batch& batch, float smoothing) = 0;
+  virtual std::vector<T> forward_log_probs(const Batch& batch) = 0;
+};
+
+namespace {
+
+// The layer-by-layer code for parameters of type T (float32 master weights and gradients, or double) and
+// activations of type A: A = T on the CPU and in fp32 on CUDA; A = bf16 in CUDA mixed precision, where the
+// matrix products read the bf16 copy of the weights (W) and everything else the float32 parameters (P).
+template <class T, class A>
+struct Core final : Model<T>::Impl {
   // ---- parameter offsets (the same offsets index params and grads) ----
   struct Norm { size_t w = 0, b = 0; };
   struct Ffn { size_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0; };
@@ -35,12 +51,12 @@ struct Model<T>::Impl {
   // ---- saved activations of one residual sub-layer ----
   // post-norm: ln_x = x + Dropout(F(x)) (the LayerNorm input), out = LayerNorm(ln_x)
   // pre-norm:  ln_x = LayerNorm(x) (F's input),                  out = x + Dropout(F(ln_x))
-  struct Sub { T* ln_x = nullptr; T* mean = nullptr; T* rstd = nullptr; T* out = nullptr; };
-  struct EncAct { T* qkv; T* ctx; T* probs; float* lse; Sub attn; T* h; T* hd; Sub ffn; };
+  struct Sub { A* ln_x = nullptr; T* mean = nullptr; T* rstd = nullptr; A* out = nullptr; };
+  struct EncAct { A* qkv; A* ctx; A* probs; float* lse; Sub attn; A* h; A* hd; Sub ffn; };
   struct DecAct {
-    T* qkv; T* ctx; T* probs; float* lse; Sub self;
-    T* q; T* kv; T* cctx; T* cprobs; float* clse; Sub cross;
-    T* h; T* hd; Sub ffn;
+    A* qkv; A* ctx; A* probs; float* lse; Sub self;
+    A* q; A* kv; A* cctx; A* cprobs; float* clse; Sub cross;
+    A* h; A* hd; Sub ffn;
   };
 
   Model<T>& owner;
@@ -53,7 +69,7 @@ struct Model<T>::Impl {
   std::vector<EncLayer> enc_p;
   std::vector<DecLayer> dec_p;
 
-  k::DeviceArray<T> arena;
+  k::DeviceArray<A> arena;
   k::DeviceArray<int32_t> ints;
   k::DeviceArray<int64_t> longs;
 
@@ -61,14 +77,14 @@ struct Model<T>::Impl {
   int B = 0, S = 0, Tt = 0;
   int32_t *src = nullptr, *tgt_in = nullptr, *tgt_out = nullptr, *src_len = nullptr, *tgt_len = nullptr;
   int64_t* pair = nullptr;
-  T *enc_x0 = nullptr, *dec_x0 = nullptr, *logits = nullptr, *tmp = nullptr;
+  A *enc_x0 = nullptr, *dec_x0 = nullptr, *logits = nullptr, *tmp = nullptr;
   std::vector<EncAct> enc;
   std::vector<DecAct> dec;
   Sub enc_fin, dec_fin;
-  T *d_stream = nullptr, *d_f = nullptr, *d_fin = nullptr, *d_h = nullptr, *d_ctx = nullptr, *d_qkv = nullptr;
-  T *d_enc = nullptr, *d_kv = nullptr, *d_stream_s = nullptr;
+  A *d_stream = nullptr, *d_f = nullptr, *d_fin = nullptr, *d_h = nullptr, *d_ctx = nullptr, *d_qkv = nullptr;
+  A *d_enc = nullptr, *d_kv = nullptr, *d_stream_s = nullptr;
 
-  Impl(Model<T>& m, const ModelSpec& s, Device d)
+  Core(Model<T>& m, const ModelSpec& s, Device d)
       : owner(m), spec(s), dev(d), D(s.arch.d_model), H(s.arch.heads), Dh(s.arch.d_model / s.arch.heads),
         F(s.arch.d_ff), V(s.vocab), L(s.arch.layers), pre(s.arch.pre_norm) {
     const ParamTable& t = m.table();
@@ -99,6 +115,14 @@ struct Model<T>::Impl {
 
   T* P(size_t o) { return owner.params() + o; }
   T* G(size_t o) { return owner.grads() + o; }
+  // The weights a matrix product reads: the parameters themselves, or their bf16 copy.
+  const A* W(size_t o) {
+    if constexpr (std::is_same_v<A, T>) {
+      return owner.params() + o;
+    } else {
+      return owner.params_bf16() + o;
+    }
+  }
 
   // ---- arena layout for a batch shape: measure, grow if needed, assign ----
   void layout(int b, int s, int t, bool backward) {
@@ -106,17 +130,20 @@ struct Model<T>::Impl {
     const size_t Ns = static_cast<size_t>(B) * S, Nt = static_cast<size_t>(B) * Tt, Nmax = std::max(Ns, Nt);
     const bool cpu = dev == Device::CPU;
     size_t used = 0;
-    T* base = arena.data();
+    A* base = arena.data();
     bool measuring = true;
-    auto take = [&](size_t n) -> T* {
+    auto take = [&](size_t n) -> A* {
       const size_t at = used;
       used += (n + 15) / 16 * 16;
       return measuring ? nullptr : base + at;
     };
-    auto take_f = [&](size_t n) -> float* {  // float32 statistics (CUDA only; T is float there)
-      return reinterpret_cast<float*>(take((n * sizeof(float) + sizeof(T) - 1) / sizeof(T)));
+    auto take_as = [&](auto* type, size_t n) {  // n values of another type (statistics) in the arena
+      using V = std::remove_pointer_t<decltype(type)>;
+      return reinterpret_cast<V*>(take((n * sizeof(V) + sizeof(A) - 1) / sizeof(A)));
     };
-    auto sub = [&](size_t rows) { return Sub{take(rows * D), take(rows), take(rows), take(rows * D)}; };
+    auto take_f = [&](size_t n) { return take_as(static_cast<float*>(nullptr), n); };  // float32 lse (CUDA)
+    auto take_t = [&](size_t n) { return take_as(static_cast<T*>(nullptr), n); };      // LayerNorm statistics
+    auto sub = [&](size_t rows) { return Sub{take(rows * D), take_t(rows), take_t(rows), take(rows * D)}; };
     const bool relu_drop = spec.arch.relu_dropout > 0;
     for (int pass = 0; pass < 2; ++pass) {
       used = 0;
@@ -170,7 +197,7 @@ struct Model<T>::Impl {
         d_stream_s = take(Ns * D);
       }
       if (pass == 0) {
-        if (used > arena.size()) arena = k::DeviceArray<T>(dev, used);
+        if (used > arena.size()) arena = k::DeviceArray<A>(dev, used);
         base = arena.data();
         measuring = false;
       }
@@ -199,29 +226,29 @@ struct Model<T>::Impl {
 
   // ---- building blocks ----
   // y[N, out] = x[N, in] @ W[out, in]^T + b   (bias == kNoBias: no bias)
-  void linear(const T* x, int N, int in, size_t w, size_t bias, int out, T* y, bool relu = false) {
-    k::GemmArgs<T> g;
+  void linear(const A* x, int N, int in, size_t w, size_t bias, int out, A* y, bool relu = false) {
+    k::GemmArgs<A> g;
     g.trans_b = true;
     g.m = N, g.n = out, g.k = in;
     g.a = x, g.lda = in;
-    g.b = P(w), g.ldb = in;
+    g.b = W(w), g.ldb = in;
     g.c = y, g.ldc = out;
-    g.bias = bias == kNoBias ? nullptr : P(bias);
+    g.bias = bias == kNoBias ? nullptr : W(bias);
     g.relu = relu;
     k::gemm(dev, g);
   }
   // dx (= or +=) dy @ W;  dW += dy^T @ x;  db += colsum(dy). dx may be null.
-  void linear_backward(const T* dy, const T* x, int N, int in, int out, size_t w, size_t bias, T* dx, bool accumulate) {
+  void linear_backward(const A* dy, const A* x, int N, int in, int out, size_t w, size_t bias, A* dx, bool accumulate) {
     if (dx) {
-      k::GemmArgs<T> g;
+      k::GemmArgs<A> g;
       g.m = N, g.n = in, g.k = out;
       g.a = dy, g.lda = out;
-      g.b = P(w), g.ldb = in;
+      g.b = W(w), g.ldb = in;
       g.c = dx, g.ldc = in;
       g.beta = accumulate ? 1.0f : 0.0f;
       k::gemm(dev, g);
     }
-    k::GemmArgs<T> gw;
+    k::GemmArgs<A, T> gw;
     gw.trans_a = true;
     gw.m = out, gw.n = in, gw.k = N;
     gw.a = dy, gw.lda = out;
@@ -229,26 +256,33 @@ struct Model<T>::Impl {
     gw.c = G(w), gw.ldc = in;
     gw.beta = 1.0f;
     k::gemm(dev, gw);
-    if (bias != kNoBias) k::bias_grad(dev, k::BiasGrad<T>{dy, G(bias), N, out});
+    if (bias != kNoBias) k::bias_grad(dev, k::BiasGrad<A, T>{dy, G(bias), N, out});
   }
-  void copy(T* dst, const T* from, size_t n) { k::device_copy(dev, dst, dev, from, n * sizeof(T)); }
-  void add(const T* a, const T* b, T* y, size_t n) { k::add(dev, k::AddArgs<T>{a, b, y, n}); }
-  void norm_fwd(const T* x, const Norm& n, T* y, T* mean, T* rstd, int rows) {
-    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, 1e-5f});
+  void copy(A* dst, const A* from, size_t n) { k::device_copy(dev, dst, dev, from, n * sizeof(A)); }
+  void add(const A* a, const A* b, A* y, size_t n) { k::add(dev, k::AddArgs<A>{a, b, y, n}); }
+  void norm_fwd(const A* x, const Norm& n, A* y, T* mean, T* rstd, int rows) {
+    k::layer_norm_forward(dev, k::LayerNormForward<A, T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, 1e-5f});
   }
-  void norm_bwd(T* dy_dx, const T* x, const Norm& n, const T* mean, const T* rstd, int rows) {
-    k::layer_norm_backward(dev, k::LayerNormBackward<T>{dy_dx, x, P(n.w), mean, rstd, dy_dx, G(n.w), G(n.b), rows, D});
+  void norm_bwd(A* dy_dx, const A* x, const Norm& n, const T* mean, const T* rstd, int rows) {
+    k::layer_norm_backward(dev, k::LayerNormBackward<A, T>{dy_dx, x, P(n.w), mean, rstd, dy_dx, G(n.w), G(n.b), rows, D});
   }
-  k::DropoutArgs<T> drop_args(T* x, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
-    k::DropoutArgs<T> a;
-    a.x = x, a.y = x, a.rows = rows, a.cols = cols, a.seq_len = seq_len, a.pair = pair;
-    a.seed = dc.seed, a.step = dc.step, a.site = site, a.p = p;
+  // The mask of one dropout site over rows laid out [B, seq_len] (p = 0 when not training).
+  k::DropoutMask mask(int seq_len, uint32_t site, float p, const DropoutContext& dc) const {
+    k::DropoutMask m;
+    m.p = dc.train ? p : 0.0f, m.seq_len = seq_len, m.pair = pair;
+    m.seed = dc.seed, m.step = dc.step, m.site = site;
+    return m;
+  }
+  k::DropoutArgs<A> drop_args(A* x, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
+    k::DropoutArgs<A> a;
+    static_cast<k::DropoutMask&>(a) = mask(seq_len, site, p, dc);
+    a.x = x, a.y = x, a.rows = rows, a.cols = cols;
     return a;
   }
-  void drop_fwd(T* x, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
+  void drop_fwd(A* x, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
     if (dc.train && p > 0) k::dropout_forward(dev, drop_args(x, rows, cols, seq_len, site, p, dc));
   }
-  void drop_bwd(T* dx, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
+  void drop_bwd(A* dx, int rows, int cols, int seq_len, uint32_t site, float p, const DropoutContext& dc) {
     if (dc.train && p > 0) k::dropout_backward(dev, drop_args(dx, rows, cols, seq_len, site, p, dc));
   }
   float p_out() const { return static_cast<float>(spec.arch.dropout); }
@@ -257,36 +291,44 @@ struct Model<T>::Impl {
   }
 
   // Residual sub-layer: the input F sees (pre-norm normalises first).
-  const T* sub_in(const T* x, Sub& s, const Norm& n, int rows) {
+  const A* sub_in(const A* x, Sub& s, const Norm& n, int rows) {
     if (!pre) return x;
     norm_fwd(x, n, s.ln_x, s.mean, s.rstd, rows);
     return s.ln_x;
   }
-  // f: F's output (dropped in place).
-  void sub_out(const T* x, T* f, Sub& s, const Norm& n, int rows, int seq_len, uint32_t st, const DropoutContext& dc) {
-    drop_fwd(f, rows, D, seq_len, st, p_out(), dc);
+  // f: F's output (pre-norm: dropped in place). Post-norm is one fused op: ln_x = x + Dropout(f), out = LN(ln_x).
+  void sub_out(const A* x, A* f, Sub& s, const Norm& n, int rows, int seq_len, uint32_t st, const DropoutContext& dc) {
     if (pre) {
+      drop_fwd(f, rows, D, seq_len, st, p_out(), dc);
       add(x, f, s.out, static_cast<size_t>(rows) * D);
-    } else {
-      add(x, f, s.ln_x, static_cast<size_t>(rows) * D);
-      norm_fwd(s.ln_x, n, s.out, s.mean, s.rstd, rows);
+      return;
     }
+    k::ResidualNormForward<A, T> r;
+    r.x = x, r.f = f, r.gamma = P(n.w), r.beta = P(n.b), r.s = s.ln_x, r.y = s.out, r.mean = s.mean, r.rstd = s.rstd;
+    r.rows = rows, r.cols = D, r.eps = 1e-5f, r.drop = mask(seq_len, st, p_out(), dc);
+    k::residual_norm_forward(dev, r);
   }
   // Backward of sub_out: d_out (gradient w.r.t. s.out) becomes, in place, the residual part of the
   // gradient w.r.t. x; df receives the gradient w.r.t. F's output.
-  void sub_out_bwd(T* d_out, T* df, Sub& s, const Norm& n, int rows, int seq_len, uint32_t st, const DropoutContext& dc) {
-    if (!pre) norm_bwd(d_out, s.ln_x, n, s.mean, s.rstd, rows);
-    copy(df, d_out, static_cast<size_t>(rows) * D);
-    drop_bwd(df, rows, D, seq_len, st, p_out(), dc);
+  void sub_out_bwd(A* d_out, A* df, Sub& s, const Norm& n, int rows, int seq_len, uint32_t st, const DropoutContext& dc) {
+    if (pre) {
+      copy(df, d_out, static_cast<size_t>(rows) * D);
+      drop_bwd(df, rows, D, seq_len, st, p_out(), dc);
+      return;
+    }
+    k::ResidualNormBackward<A, T> r;
+    r.dy = d_out, r.s = s.ln_x, r.gamma = P(n.w), r.mean = s.mean, r.rstd = s.rstd, r.dx = d_out, r.df = df;
+    r.dgamma = G(n.w), r.dbeta = G(n.b), r.rows = rows, r.cols = D, r.drop = mask(seq_len, st, p_out(), dc);
+    k::residual_norm_backward(dev, r);
   }
   // Backward of sub_in: d_fin (gradient w.r.t. F's input, clobbered) is added into d_x.
-  void sub_in_bwd(const T* x, T* d_fin, T* d_x, Sub& s, const Norm& n, int rows) {
+  void sub_in_bwd(const A* x, A* d_fin, A* d_x, Sub& s, const Norm& n, int rows) {
     if (pre) norm_bwd(d_fin, x, n, s.mean, s.rstd, rows);
     add(d_x, d_fin, d_x, static_cast<size_t>(rows) * D);
   }
 
-  k::AttentionShape<T> self_shape(int len, const int32_t* lens, bool causal, uint32_t st, const DropoutContext& dc) {
-    k::AttentionShape<T> a;
+  k::AttentionShape<A> self_shape(int len, const int32_t* lens, bool causal, uint32_t st, const DropoutContext& dc) {
+    k::AttentionShape<A> a;
     a.B = B, a.Tq = len, a.Tk = len, a.H = H, a.Dh = Dh;
     a.q_bstride = a.kv_bstride = static_cast<long>(len) * 3 * D;
     a.o_bstride = static_cast<long>(len) * D;
@@ -299,39 +341,46 @@ struct Model<T>::Impl {
     a.pair = pair, a.seed = dc.seed, a.step = dc.step, a.site = st;
     return a;
   }
-  k::AttentionShape<T> cross_shape(uint32_t st, const DropoutContext& dc) {
-    k::AttentionShape<T> a = self_shape(Tt, src_len, false, st, dc);
+  k::AttentionShape<A> cross_shape(uint32_t st, const DropoutContext& dc) {
+    k::AttentionShape<A> a = self_shape(Tt, src_len, false, st, dc);
     a.Tk = S;
     a.q_bstride = static_cast<long>(Tt) * D, a.q_stride = D;
     a.kv_bstride = static_cast<long>(S) * 2 * D, a.kv_stride = 2 * D;
     return a;
   }
-  void attention(const k::AttentionShape<T>& shape, const T* q, const T* kk, const T* v, T* out, T* probs, float* lse) {
-    k::AttentionForward<T> a;
+  void attention(const k::AttentionShape<A>& shape, const A* q, const A* kk, const A* v, A* out, A* probs, float* lse) {
+    k::AttentionForward<A> a;
     a.shape = shape, a.q = q, a.k = kk, a.v = v, a.out = out, a.probs = probs, a.lse = lse;
     k::attention_forward(dev, a);
   }
-  void attention_bwd(const k::AttentionShape<T>& shape, const T* dout, const T* q, const T* kk, const T* v,
-                     const T* out, const T* probs, const float* lse, T* dq, T* dk, T* dv) {
-    k::AttentionBackward<T> a;
+  void attention_bwd(const k::AttentionShape<A>& shape, const A* dout, const A* q, const A* kk, const A* v,
+                     const A* out, const A* probs, const float* lse, A* dq, A* dk, A* dv) {
+    k::AttentionBackward<A> a;
     a.shape = shape, a.dout = dout, a.q = q, a.k = kk, a.v = v, a.out = out, a.probs = probs, a.lse = lse;
     a.dq = dq, a.dk = dk, a.dv = dv;
     k::attention_backward(dev, a);
   }
 
-  void embed(const int32_t* ids, int len, T* out, uint32_t stack, const DropoutContext& dc) {
-    k::EmbedForward<T> e;
+  void embed(const int32_t* ids, int len, A* out, uint32_t stack, const DropoutContext& dc) {
+    k::EmbedForward<A, T> e;
     e.ids = ids, e.table = P(emb), e.out = out, e.N = B * len, e.D = D, e.V = V, e.seq_len = len;
     e.scale = std::sqrt(static_cast<float>(D));
+    e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
     k::embed_forward(dev, e);
-    drop_fwd(out, B * len, D, len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
+  }
+  void embed_bwd(const int32_t* ids, int len, const A* dout, uint32_t stack, const DropoutContext& dc) {
+    k::EmbedBackward<A, T> e;
+    e.ids = ids, e.dout = dout, e.dtable = G(emb), e.N = B * len, e.D = D, e.V = V;
+    e.scale = std::sqrt(static_cast<float>(D));
+    e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
+    k::embed_backward(dev, e);
   }
 
   // ---- forward ----
-  const T* encoder_output() const { return pre ? enc_fin.out : enc.back().ffn.out; }
-  const T* decoder_output() const { return pre ? dec_fin.out : dec.back().ffn.out; }
+  const A* encoder_output() const { return pre ? enc_fin.out : enc.back().ffn.out; }
+  const A* decoder_output() const { return pre ? dec_fin.out : dec.back().ffn.out; }
 
-  void ffn_fwd(const T* fin, int rows, int seq_len, const Ffn& f, T* h, T* hd, uint32_t relu_site, const DropoutContext& dc) {
+  void ffn_fwd(const A* fin, int rows, int seq_len, const Ffn& f, A* h, A* hd, uint32_t relu_site, const DropoutContext& dc) {
     linear(fin, rows, D, f.fc1_w, f.fc1_b, F, h, /*relu=*/true);
     if (hd != h) {
       copy(hd, h, static_cast<size_t>(rows) * F);
@@ -343,11 +392,11 @@ struct Model<T>::Impl {
   void encode(const DropoutContext& dc) {
     const int N = B * S;
     embed(src, S, enc_x0, 0, dc);
-    const T* x = enc_x0;
+    const A* x = enc_x0;
     for (int l = 0; l < L; ++l) {
       EncLayer& p = enc_p[l];
       EncAct& a = enc[l];
-      const T* fin = sub_in(x, a.attn, p.attn_norm, N);
+      const A* fin = sub_in(x, a.attn, p.attn_norm, N);
       linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(S, src_len, false, site(0, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
                 a.qkv + 2 * D, a.ctx, a.probs, a.lse);
@@ -365,12 +414,12 @@ struct Model<T>::Impl {
   void decode(const DropoutContext& dc) {
     const int N = B * Tt;
     embed(tgt_in, Tt, dec_x0, 1, dc);
-    const T* x = dec_x0;
-    const T* memory = encoder_output();
+    const A* x = dec_x0;
+    const A* memory = encoder_output();
     for (int l = 0; l < L; ++l) {
       DecLayer& p = dec_p[l];
       DecAct& a = dec[l];
-      const T* fin = sub_in(x, a.self, p.self_norm, N);
+      const A* fin = sub_in(x, a.self, p.self_norm, N);
       linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(Tt, tgt_len, true, site(1, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
                 a.qkv + 2 * D, a.ctx, a.probs, a.lse);
@@ -393,38 +442,38 @@ struct Model<T>::Impl {
     }
     if (pre) norm_fwd(x, dec_final, dec_fin.out, dec_fin.mean, dec_fin.rstd, N);
     // logits[N, V] = out @ E^T (the shared embedding, no bias)
-    k::GemmArgs<T> g;
+    k::GemmArgs<A> g;
     g.trans_b = true;
     g.m = N, g.n = V, g.k = D;
     g.a = decoder_output(), g.lda = D;
-    g.b = P(emb), g.ldb = D;
+    g.b = W(emb), g.ldb = D;
     g.c = logits, g.ldc = V;
     k::gemm(dev, g);
   }
 
   // ---- backward ----
-  void ffn_bwd(const T* fin, int rows, int seq_len, const Ffn& f, const T* h, const T* hd, T* df, T* dfin,
+  void ffn_bwd(const A* fin, int rows, int seq_len, const Ffn& f, const A* h, const A* hd, A* df, A* dfin,
                uint32_t relu_site, const DropoutContext& dc) {
     linear_backward(df, hd, rows, F, D, f.fc2_w, f.fc2_b, d_h, false);
     if (hd != h) drop_bwd(d_h, rows, F, seq_len, relu_site, static_cast<float>(spec.arch.relu_dropout), dc);
-    k::relu_backward(dev, k::ReluBackward<T>{h, d_h, d_h, static_cast<size_t>(rows) * F});
+    k::relu_backward(dev, k::ReluBackward<A>{h, d_h, d_h, static_cast<size_t>(rows) * F});
     linear_backward(d_h, fin, rows, D, F, f.fc1_w, f.fc1_b, dfin, false);
   }
 
   // The input F saw in the forward pass, recovered from what was saved.
-  const T* fin_of(const T* x, const Sub& s) const { return pre ? s.ln_x : x; }
+  const A* fin_of(const A* x, const Sub& s) const { return pre ? s.ln_x : x; }
 
   void backward(const DropoutContext& dc) {
     const int Nt = B * Tt, Ns = B * S;
     // logits -> decoder output: d_stream = dlogits @ E; dE += dlogits^T @ out
     {
-      k::GemmArgs<T> g;
+      k::GemmArgs<A> g;
       g.m = Nt, g.n = D, g.k = V;
       g.a = logits, g.lda = V;
-      g.b = P(emb), g.ldb = D;
+      g.b = W(emb), g.ldb = D;
       g.c = d_stream, g.ldc = D;
       k::gemm(dev, g);
-      k::GemmArgs<T> gw;
+      k::GemmArgs<A, T> gw;
       gw.trans_a = true;
       gw.m = V, gw.n = D, gw.k = Nt;
       gw.a = logits, gw.lda = V;
@@ -434,14 +483,14 @@ struct Model<T>::Impl {
       k::gemm(dev, gw);
     }
     if (pre) norm_bwd(d_stream, dec.back().ffn.out, dec_final, dec_fin.mean, dec_fin.rstd, Nt);
-    k::device_zero(dev, d_enc, static_cast<size_t>(Ns) * D * sizeof(T));
-    const T* memory = encoder_output();
+    k::device_zero(dev, d_enc, static_cast<size_t>(Ns) * D * sizeof(A));
+    const A* memory = encoder_output();
     for (int l = L - 1; l >= 0; --l) {
       DecLayer& p = dec_p[l];
       DecAct& a = dec[l];
-      const T* x_self = l == 0 ? dec_x0 : dec[l - 1].ffn.out;
-      const T* x_cross = a.self.out;
-      const T* x_ffn = a.cross.out;
+      const A* x_self = l == 0 ? dec_x0 : dec[l - 1].ffn.out;
+      const A* x_cross = a.self.out;
+      const A* x_ffn = a.cross.out;
       // feed-forward
       sub_out_bwd(d_stream, d_f, a.ffn, p.ffn_norm, Nt, Tt, site(1, l, k::DropoutKind::FfnOut), dc);
       ffn_bwd(fin_of(x_ffn, a.ffn), Nt, Tt, p.ffn, a.h, a.hd, d_f, d_fin, site(1, l, k::DropoutKind::Relu), dc);
@@ -462,18 +511,17 @@ struct Model<T>::Impl {
       linear_backward(d_qkv, fin_of(x_self, a.self), Nt, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_self, d_fin, d_stream, a.self, p.self_norm, Nt);
     }
-    drop_bwd(d_stream, Nt, D, Tt, site(1, 0, k::DropoutKind::Embedding), p_out(), dc);
-    k::embed_backward(dev, k::EmbedBackward<T>{tgt_in, d_stream, G(emb), Nt, D, V, std::sqrt(static_cast<float>(D))});
+    embed_bwd(tgt_in, Tt, d_stream, 1, dc);
 
     // encoder
-    T* ds = d_stream_s;
+    A* ds = d_stream_s;
     copy(ds, d_enc, static_cast<size_t>(Ns) * D);
     if (pre) norm_bwd(ds, enc.back().ffn.out, enc_final, enc_fin.mean, enc_fin.rstd, Ns);
     for (int l = L - 1; l >= 0; --l) {
       EncLayer& p = enc_p[l];
       EncAct& a = enc[l];
-      const T* x_attn = l == 0 ? enc_x0 : enc[l - 1].ffn.out;
-      const T* x_ffn = a.attn.out;
+      const A* x_attn = l == 0 ? enc_x0 : enc[l - 1].ffn.out;
+      const A* x_ffn = a.attn.out;
       sub_out_bwd(ds, d_f, a.ffn, p.ffn_norm, Ns, S, site(0, l, k::DropoutKind::FfnOut), dc);
       ffn_bwd(fin_of(x_ffn, a.ffn), Ns, S, p.ffn, a.h, a.hd, d_f, d_fin, site(0, l, k::DropoutKind::Relu), dc);
       sub_in_bwd(x_ffn, d_fin, ds, a.ffn, p.ffn_norm, Ns);
@@ -484,8 +532,7 @@ struct Model<T>::Impl {
       linear_backward(d_qkv, fin_of(x_attn, a.attn), Ns, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_attn, d_fin, ds, a.attn, p.attn_norm, Ns);
     }
-    drop_bwd(ds, Ns, D, S, site(0, 0, k::DropoutKind::Embedding), p_out(), dc);
-    k::embed_backward(dev, k::EmbedBackward<T>{src, ds, G(emb), Ns, D, V, std::sqrt(static_cast<float>(D))});
+    embed_bwd(src, S, ds, 0, dc);
   }
 
   // Lays out the arena for the batch (with room for the backward pass if asked), uploads it, runs both stacks.
@@ -497,7 +544,7 @@ struct Model<T>::Impl {
   }
 
   k::CrossEntropyStats loss(float smoothing, bool grad, float grad_scale) {
-    k::CrossEntropyArgs<T> c;
+    k::CrossEntropyArgs<A> c;
     c.logits = logits;
     c.dlogits = grad ? logits : nullptr;
     c.targets = tgt_out;
@@ -507,16 +554,68 @@ struct Model<T>::Impl {
     c.grad_scale = grad_scale;
     return k::cross_entropy(dev, c);
   }
+
+  k::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale) override {
+    forward(batch, dc, /*backward=*/true);
+    const auto stats = loss(static_cast<float>(spec.arch.label_smoothing), true, grad_scale);
+    backward(dc);
+    return stats;
+  }
+
+  k::CrossEntropyStats forward_loss(const Batch& batch, float smoothing) override {
+    forward(batch, DropoutContext{}, /*backward=*/false);
+    return loss(smoothing, false, 1.0f);
+  }
+
+  // Log-softmax on the host (decoding and tests only).
+  std::vector<T> forward_log_probs(const Batch& batch) override {
+    forward(batch, DropoutContext{}, /*backward=*/false);
+    const size_t n = static_cast<size_t>(batch.B) * batch.T * V;
+    std::vector<A> raw(n);
+    k::device_copy(Device::CPU, raw.data(), dev, logits, n * sizeof(A));
+    std::vector<T> out(n);
+    for (size_t i = 0; i < n; ++i) {
+      if constexpr (std::is_same_v<A, T>) {
+        out[i] = raw[i];
+      } else {
+        out[i] = static_cast<T>(k::to_float(raw[i]));
+      }
+    }
+    for (size_t r = 0; r < n / V; ++r) {
+      T* row = out.data() + r * V;
+      double mx = row[0];
+      for (int j = 1; j < V; ++j) mx = std::max(mx, static_cast<double>(row[j]));
+      double sum = 0;
+      for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
+      const double lse = mx + std::log(sum);
+      for (int j = 0; j < V; ++j) row[j] = static_cast<T>(row[j] - lse);
+    }
+    return out;
+  }
 };
+
+// The cores a Model<T> can run: float32 parameters with float32 or bf16 activations, or double throughout.
+template <class T>
+std::unique_ptr<typename Model<T>::Impl> make_core(Model<T>& m, const ModelSpec& s, Device d) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (s.bf16) return std::make_unique<Core<float, k::bf16>>(m, s, d);
+  }
+  return std::make_unique<Core<T, T>>(m, s, d);
+}
+
+}  // namespace
 
 template <class T>
 Model<T>::Model(const ModelSpec& spec, Device device)
     : spec_(spec), device_(device), table_(ParamTable::transformer(spec.arch, spec.vocab)) {
   AIAYN_CHECK(spec.vocab > 0, "model: vocabulary size must be positive");
   AIAYN_CHECK(spec.arch.d_model % spec.arch.heads == 0, "model: d_model must be divisible by heads");
+  AIAYN_CHECK(!spec.bf16 || (device == Device::CUDA && std::is_same_v<T, float>),
+              "model: bf16 mixed precision needs device=cuda (the CPU backend computes in float32)");
   params_ = kernels::DeviceArray<T>(device, table_.total());
   grads_ = kernels::DeviceArray<T>(device, table_.total());
-  impl_ = std::make_unique<Impl>(*this, spec_, device);
+  if (spec.bf16) params_bf16_ = kernels::DeviceArray<kernels::bf16>(device, table_.total());
+  impl_ = make_core(*this, spec_, device);
 }
 
 template <class T>
@@ -527,6 +626,15 @@ void Model<T>::initialize(uint64_t seed) {
   std::vector<T> host(table_.total());
   table_.initialize(host.data(), seed);
   kernels::device_copy(device_, params_.data(), Device::CPU, host.data(), host.size() * sizeof(T));
+  params_changed();
+}
+
+template <class T>
+void Model<T>::params_changed() {
+  if constexpr (std::is_same_v<T, float>) {
+    if (params_bf16_.size())
+      kernels::cast(device_, kernels::CastArgs<float, kernels::bf16>{params_.data(), params_bf16_.data(), params_.size()});
+  }
 }
 
 template <class T>
@@ -536,37 +644,17 @@ void Model<T>::zero_grads() {
 
 template <class T>
 kernels::CrossEntropyStats Model<T>::forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale) {
-  Impl& m = *impl_;
-  m.forward(batch, dropout, /*backward=*/true);
-  const auto stats = m.loss(static_cast<float>(spec_.arch.label_smoothing), true, grad_scale);
-  m.backward(dropout);
-  return stats;
+  return impl_->forward_backward(batch, dropout, grad_scale);
 }
 
 template <class T>
 kernels::CrossEntropyStats Model<T>::forward_loss(const Batch& batch, float smoothing) {
-  Impl& m = *impl_;
-  m.forward(batch, DropoutContext{}, /*backward=*/false);
-  return m.loss(smoothing, false, 1.0f);
+  return impl_->forward_loss(batch, smoothing);
 }
 
 template <class T>
 std::vector<T> Model<T>::forward_log_probs(const Batch& batch) {
-  Impl& m = *impl_;
-  m.forward(batch, DropoutContext{}, /*backward=*/false);
-  const size_t n = static_cast<size_t>(batch.B) * batch.T * spec_.vocab;
-  std::vector<T> out(n);
-  kernels::device_copy(Device::CPU, out.data(), device_, m.logits, n * sizeof(T));
-  for (size_t r = 0; r < n / spec_.vocab; ++r) {  // log-softmax on the host (decoding and tests only)
-    T* row = out.data() + r * spec_.vocab;
-    double mx = row[0];
-    for (int j = 1; j < spec_.vocab; ++j) mx = std::max(mx, static_cast<double>(row[j]));
-    double sum = 0;
-    for (int j = 0; j < spec_.vocab; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
-    const double lse = mx + std::log(sum);
-    for (int j = 0; j < spec_.vocab; ++j) row[j] = static_cast<T>(row[j] - lse);
-  }
-  return out;
+  return impl_->forward_log_probs(batch);
 }
 
 template class Model<float>;

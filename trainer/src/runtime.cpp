@@ -27,6 +27,14 @@ kernels::Device choose_device(const std::string& setting, int local_rank, spdlog
   return kernels::Device::CUDA;
 }
 
+bool choose_bf16(const Config& cfg, kernels::Device device, spdlog::logger& log) {
+  if (cfg.precision != "bf16") return false;
+  if (device == kernels::Device::CUDA) return true;
+  AIAYN_CHECK(cfg.device != "cpu", "config key 'precision': bf16 needs device=cuda; the CPU backend computes in fp32");
+  log.info("precision bf16 needs a GPU: computing in fp32 on the CPU");
+  return false;
+}
+
 int setup_cpu_threads(int64_t configured, comm::Communicator* comm) {
   int threads = static_cast<int>(configured);
   if (threads <= 0) {

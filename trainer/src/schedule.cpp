@@ -17,8 +17,9 @@ double learning_rate(int64_t step, int d_model, int64_t warmup, double lr_scale)
 }
 
 kernels::AdamArgs<float> adam_update(const Config& cfg, int64_t update, float* params, const float* grads, float* m,
-                                     float* v, size_t n, float grad_scale) {
+                                     float* v, size_t n, float grad_scale, kernels::bf16* params_bf16) {
   kernels::AdamArgs<float> a;
+  a.param_bf16 = params_bf16;
   a.param = params, a.grad = grads, a.m = m, a.v = v, a.n = n;
   a.lr = static_cast<float>(learning_rate(update, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale));
   a.beta1 = static_cast<float>(cfg.train.adam_beta1);

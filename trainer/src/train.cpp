@@ -219,12 +219,11 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
 
   // ---- device, threads, model ----
   k::Device device = k::Device::CPU;
+  bool bf16 = false;
   int threads = 0;
   on_all_ranks(comm, [&] {
     device = choose_device(cfg.device, comm.local_rank(), *log);
-    AIAYN_CHECK(!(cfg.precision == "bf16" && device == k::Device::CPU),
-                "config key 'precision': bf16 needs device=cuda; the CPU backend trains in fp32");
-    AIAYN_CHECK(cfg.precision != "bf16", "config key 'precision': bf16 is not implemented yet; use precision=fp32");
+    bf16 = choose_bf16(cfg, device, *log);
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
   // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
@@ -246,6 +245,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   spec.pad_id = info.pad_id;
   spec.bos_id = info.bos_id;
   spec.eos_id = info.eos_id;
+  spec.bf16 = bf16;
   Model<float> model(spec, device);
   const size_t n_params = model.num_params();
   k::DeviceArray<float> adam_m(device, n_params), adam_v(device, n_params);
@@ -277,6 +277,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       const auto v_refs = model_tensors(model.table(), v.data());
       checkpoints::load_checkpoint(path, p_refs, &m_refs, &v_refs);
       k::device_copy(device, model.params(), k::Device::CPU, p.data(), n_params * 4);
+      model.params_changed();
       k::device_copy(device, adam_m.data(), k::Device::CPU, m.data(), n_params * 4);
       k::device_copy(device, adam_v.data(), k::Device::CPU, v.data(), n_params * 4);
       step = meta.step, epoch = meta.epoch, batch_in_epoch = meta.batch_in_epoch;
@@ -461,7 +462,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       float clip_scale = 1.0f;
       if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
       const auto adam = adam_update(cfg, updates, model.params(), model.grads(), adam_m.data(), adam_v.data(),
-                                    n_params, clip_scale);
+                                    n_params, clip_scale, model.params_bf16());
       const double lr = learning_rate(updates, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
       k::adam(device, adam);
 

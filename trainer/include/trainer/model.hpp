@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "kernels/bf16.hpp"
 #include "kernels/device.hpp"
 #include "kernels/memory.hpp"
 #include "kernels/ops/cross_entropy.hpp"
@@ -27,6 +28,7 @@ struct ModelSpec {
   ModelSection arch;
   int vocab = 0;
   int pad_id = 0, bos_id = 2, eos_id = 3;
+  bool bf16 = false;  // CUDA mixed precision: bf16 activations and weight copy, float32 master weights
 };
 
 // What keys the dropout masks of one optimizer step; `train = false` turns all dropout off.
@@ -51,8 +53,12 @@ class Model {
   T* params() { return params_.data(); }
   T* grads() { return grads_.data(); }
   const T* params() const { return params_.data(); }
+  // bf16 precision: the copy of the weights the matrix products read (null otherwise). Adam refreshes it in
+  // its own pass (AdamArgs::param_bf16); whoever else writes params() calls params_changed().
+  kernels::bf16* params_bf16() { return params_bf16_.size() ? params_bf16_.data() : nullptr; }
 
   void initialize(uint64_t seed);  // deterministic, identical on every rank
+  void params_changed();           // params() were written from outside (a checkpoint): refresh the bf16 copy
   void zero_grads();
 
   // Forward, label-smoothed loss and backward over one micro-batch. dlogits are scaled by grad_scale
@@ -66,14 +72,14 @@ class Model {
   // Forward only: the log-probabilities [B * T, V] of the decoder outputs (host copy), for tests and decoding.
   std::vector<T> forward_log_probs(const Batch& batch);
 
-  struct Impl;  // the layer-by-layer code, model.cpp (also used by the incremental decoder)
-  Impl& impl() { return *impl_; }
+  struct Impl;  // the layer-by-layer code (model.cpp), one instantiation per activation type
 
  private:
   ModelSpec spec_;
   kernels::Device device_;
   ParamTable table_;
   kernels::DeviceArray<T> params_, grads_;
+  kernels::DeviceArray<kernels::bf16> params_bf16_;
   std::unique_ptr<Impl> impl_;
 };
 

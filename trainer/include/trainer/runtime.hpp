@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "kernels/device.hpp"
+#include "trainer/config.hpp"
 
 namespace aiayn::comm {
 class Communicator;
@@ -18,6 +19,10 @@ namespace aiayn::trainer {
 kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log);
 
 // Threads per rank: `configured` when > 0, else the cores of this node divided among the ranks on it.
+// Whether to compute in bf16 mixed precision: config precision=bf16 on CUDA. On the CPU, bf16 is an error when
+// the config asked for device=cpu, and falls back to fp32 with one log line when device=auto found no GPU.
+bool choose_bf16(const Config& cfg, kernels::Device device, spdlog::logger& log);
+
 int setup_cpu_threads(int64_t configured, comm::Communicator* comm);
 
 // A logger that writes to the console (when `console`) and to `file` (when not empty), same format.

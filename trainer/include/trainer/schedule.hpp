@@ -12,8 +12,9 @@ struct Config;
 double learning_rate(int64_t step, int d_model, int64_t warmup, double lr_scale);
 
 // One Adam update over the flat buffers as the config says: the schedule's rate at `update` (1-based count of
-// applied updates), betas, eps, bias corrections in double; gradients multiplied by `grad_scale` (clipping).
+// applied updates), betas, eps, bias corrections in double; gradients multiplied by `grad_scale` (clipping);
+// `params_bf16` (bf16 precision) is refreshed in the same pass.
 kernels::AdamArgs<float> adam_update(const Config& cfg, int64_t update, float* params, const float* grads, float* m,
-                                     float* v, size_t n, float grad_scale = 1.0f);
+                                     float* v, size_t n, float grad_scale = 1.0f, kernels::bf16* params_bf16 = nullptr);
 
 }  // namespace aiayn::trainer
