@@ -185,10 +185,12 @@ void gemm(const GemmArgs<float>& g, Stream s) {
             align_c = alignment_bytes(g.c, g.ldc);
   int dev = 0;
   AIAYN_CUDA_CHECK(cudaGetDevice(&dev));
-  const std::array<long, 13> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
-                                    long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f};
+  // The heuristic also depends on the bias pointer's alignment (cuBLASLt docs, CUBLASLT_MATMUL_DESC_BIAS_POINTER).
+  const long align_bias = use_epilogue && g.bias ? alignment_bytes(g.bias, 0) : 0;
+  const std::array<long, 14> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
+                                    long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f, align_bias};
   static std::mutex mu;
-  static std::map<std::array<long, 13>, cublasLtMatmulAlgo_t> algos;
+  static std::map<std::array<long, 14>, cublasLtMatmulAlgo_t> algos;
   cublasLtMatmulAlgo_t algo{};
   bool cached = false;
   {
