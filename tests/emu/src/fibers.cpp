@@ -131,6 +131,7 @@ struct Scheduler {
   Order order = Order::Forward;
   uint64_t seed = 1;
   uint64_t launches = 0;
+  bool trace = false;  // AIAYN_EMU_TRACE=1: one line per launch on stderr
 
   Scheduler() {
     page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
@@ -146,6 +147,7 @@ struct Scheduler {
       std::abort();
     }
     if (const char* s = std::getenv("AIAYN_EMU_SEED")) seed = std::strtoull(s, nullptr, 10);
+    if (const char* t = std::getenv("AIAYN_EMU_TRACE")) trace = std::strcmp(t, "0") != 0;
     const size_t smem_bytes = (kMaxDynamicSharedOptIn + page - 1) / page * page;
     void* m = mmap(nullptr, smem_bytes + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) {
@@ -494,6 +496,9 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
 
   Scheduler& s = sched();
   std::lock_guard<std::mutex> lock(s.mu);
+  if (s.trace)
+    std::fprintf(stderr, "aiayn emu: launch %s grid %s block %s shared %zu\n", cfg.what, dims(g).c_str(),
+                 dims(b).c_str(), cfg.dynamic_shared);
   install_fault_handler();
   s.ensure_fibers(threads);
   s.body = body;
