@@ -243,6 +243,27 @@ TEST_F(Emu, ShufflesNotReachedByEveryLaneAreReported) {
   cudaFree(out);
 }
 
+// bf16 in kernels: cuda_bf16.h's host conversions and operators, the emulator's __hfma, shuffles of 2-byte values.
+__global__ void bf16_kernel(const __nv_bfloat16* x, float* out) {
+  const int t = threadIdx.x;
+  const __nv_bfloat16 a = x[t], b = __float2bfloat16(0.5f);
+  const __nv_bfloat16 s = __hfma(a, b, a * b);  // a
+  out[t] = __bfloat162float(__shfl_xor_sync(0xffffffffu, s, 1));
+}
+
+TEST_F(Emu, Bf16WorksInKernels) {
+  std::vector<__nv_bfloat16> h(32);
+  for (int i = 0; i < 32; ++i) h[i] = __float2bfloat16(float(i) - 7.5f);
+  auto* x = device_array<__nv_bfloat16>(32);
+  float* out = device_array<float>(32);
+  to_device(x, h);
+  emu::launch("bf16_kernel", bf16_kernel, 1, 32, 0, nullptr, x, out);
+  const auto got = to_host(out, 32);
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(got[i], __bfloat162float(h[i ^ 1]));
+  cudaFree(x);
+  cudaFree(out);
+}
+
 // ---- atomics ----
 __global__ void atomic_kernel(const int* in, int* first, int* total) {
   const int t = blockIdx.x * blockDim.x + threadIdx.x;

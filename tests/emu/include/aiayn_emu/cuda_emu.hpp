@@ -74,7 +74,7 @@ T warp_shuffle(WarpOp op, unsigned mask, T var, int arg, int width) {
   std::memcpy(&bits, &var, sizeof(T));
   bits = warp_collective(op, mask, bits, arg, width);
   T out;
-  std::memcpy(&out, &bits, sizeof(T));
+  std::memcpy(static_cast<void*>(&out), &bits, sizeof(T));
   return out;
 }
 
@@ -248,6 +248,16 @@ inline int __float2int_rz(float x) { return int(x); }
 inline float __int2float_rn(int x) { return float(x); }
 template <class T>
 inline T __ldg(const T* p) { return *p; }
+
+// bf16 intrinsics that cuda_bf16.h declares for device code only (its conversions and operators compile on the
+// host as they are). a * b + c rounded once (via double, exact unless the exponents are far apart), as on the
+// device. Add others here as kernels need them.
+inline __nv_bfloat16 __hfma(__nv_bfloat16 a, __nv_bfloat16 b, __nv_bfloat16 c) {
+  return __double2bfloat16(std::fma(double(__bfloat162float(a)), double(__bfloat162float(b)), double(__bfloat162float(c))));
+}
+inline __nv_bfloat162 __hfma2(__nv_bfloat162 a, __nv_bfloat162 b, __nv_bfloat162 c) {
+  return __nv_bfloat162(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y));
+}
 
 // CUDA's integer and floating min/max overloads (the device headers declare them for device code only).
 inline int min(int a, int b) { return a < b ? a : b; }
