@@ -5,6 +5,11 @@
 // Invariants: launchers take the opaque Stream last and cast it with as_cuda(); every CUDA runtime call and
 // every launch is checked with AIAYN_CUDA_CHECK (throws aiayn::Error with file, line and CUDA's message).
 // Reductions here combine values in a fixed tree order, so results do not depend on timing.
+// Under AIAYN_CUDA_EMULATION (g++ builds of these files for tests, tests/emu/) launches and dynamic shared memory
+// go to the CPU emulator instead; the nvcc build never defines it.
+#if AIAYN_CUDA_EMULATION
+#include "aiayn_emu/cuda_emu.hpp"
+#endif
 // Kernels are templated on the storage type T (float or __nv_bfloat16): they load with to_f32, compute in
 // float and store with from_f32<T>, which rounds to nearest even (as kernels::to_bf16 does on the host).
 #include <cuda_bf16.h>
@@ -29,7 +34,11 @@
 
 // Dynamic shared memory of a kernel: `AIAYN_DYNAMIC_SHARED(float, smem);` declares `float* smem`-like storage
 // sized by the launch.
+#if AIAYN_CUDA_EMULATION
+#define AIAYN_DYNAMIC_SHARED(type, name) AIAYN_EMU_DYNAMIC_SHARED(type, name)
+#else
 #define AIAYN_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
 
 namespace aiayn::kernels::cuda_detail {
 
@@ -64,11 +73,15 @@ __device__ __forceinline__ T from_f32(float x) {
 template <class... Params, class... Args>
 void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
             Args&&... args) {
+#if AIAYN_CUDA_EMULATION
+  ::aiayn::emu::launch(what, kernel, grid, block, smem, st, std::forward<Args>(args)...);  // throws on misuse
+#else
   kernel<<<grid, block, smem, st>>>(std::forward<Args>(args)...);
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess)
     throw ::aiayn::Error(std::string("CUDA launch of ") + what + " failed: " + cudaGetErrorString(err), __FILE__,
                          __LINE__);
+#endif
 }
 
 // Blocks for a grid-stride loop over n elements (capped: the loop covers the rest).

@@ -13,7 +13,9 @@
 // keys of the tokens are hashed once into scratch [N] (the group walks tokens out of order).
 // Products use __fmul_rn so that nvcc does not contract them into FMAs (bit parity with the CPU for the
 // table term; the sinusoid differs from the host only by the math libraries' last-place errors).
+#if !AIAYN_CUDA_EMULATION
 #include <cub/device/device_radix_sort.cuh>
+#endif
 
 #include <climits>
 #include <cstdint>
@@ -95,6 +97,18 @@ __global__ void embed_backward_kernel(const int32_t* __restrict__ sorted_ids, co
   }
 }
 
+// Stable sort of (key, value) pairs by bits [0, end_bit) of the keys (CUB's radix sort; under emulation the
+// emulator's host sort with the same semantics). With temp == nullptr only temp_bytes is set.
+cudaError_t stable_sort_pairs_by_key(void* temp, size_t& temp_bytes, const int32_t* keys_in, int32_t* keys_out,
+                                     const int32_t* values_in, int32_t* values_out, int n, int end_bit,
+                                     cudaStream_t st) {
+#if AIAYN_CUDA_EMULATION
+  return ::aiayn::emu::radix_sort_pairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit, st);
+#else
+  return cub::DeviceRadixSort::SortPairs(temp, temp_bytes, keys_in, keys_out, values_in, values_out, n, 0, end_bit, st);
+#endif
+}
+
 // Launches the id check on `st`, runs `work` (more launches on st), then synchronises and throws on a bad id.
 template <class Work>
 void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char* op, Work work) {
@@ -141,10 +155,7 @@ void embed_backward_impl(const EmbedBackward<T, float>& a, Stream s) {
     int end_bit = 1;
     while (end_bit < 31 && (int64_t(1) << end_bit) < a.V) ++end_bit;  // ids < V < 2^end_bit
     size_t cub_bytes = 0;
-    AIAYN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, cub_bytes, static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr),
-                                                     static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr), a.N, 0, end_bit, st));
+    AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(nullptr, cub_bytes, nullptr, nullptr, nullptr, nullptr, a.N, end_bit, st));
     // Scratch: dropout row keys [N] (when p > 0; first, for 8-byte alignment), then sorted ids, token order in,
     // token order out [N] each, then CUB's temporary storage.
     const bool dropout = a.drop.p > 0.0f;
@@ -160,8 +171,7 @@ void embed_backward_impl(const EmbedBackward<T, float>& a, Stream s) {
     if (dropout)
       cuda_detail::launch("row_key_kernel", row_key_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, a.drop, a.N, keys);
     cuda_detail::launch("iota_kernel", iota_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, order_in, a.N);
-    AIAYN_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, 0,
-                                                     end_bit, st));
+    AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, end_bit, st));
     cuda_detail::launch("embed_backward_kernel", embed_backward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
                         sorted_ids, order, as_device(a.dout), a.dtable, a.N, a.D, a.scale,
                         static_cast<const uint64_t*>(keys), a.drop.p);

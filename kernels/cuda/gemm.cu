@@ -206,11 +206,13 @@ void gemm_impl(const GemmArgs<T, TC>& g, Stream s) {
             align_c = alignment_bytes(g.c, g.ldc, c_bytes);
   int dev = 0;
   AIAYN_CUDA_CHECK(cudaGetDevice(&dev));
-  const std::array<long, 14> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
+  // The heuristic also depends on the bias pointer's alignment (cuBLASLt docs, CUBLASLT_MATMUL_DESC_BIAS_POINTER).
+  const long align_bias = use_epilogue && g.bias ? alignment_bytes(g.bias, 0, c_bytes) : 0;
+  const std::array<long, 15> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
                                     long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f,
-                                    long(ab_type) * 1000L + long(c_type)};
+                                    long(ab_type) * 1000L + long(c_type), align_bias};
   static std::mutex mu;
-  static std::map<std::array<long, 14>, cublasLtMatmulAlgo_t> algos;
+  static std::map<std::array<long, 15>, cublasLtMatmulAlgo_t> algos;
   cublasLtMatmulAlgo_t algo{};
   bool cached = false;
   {

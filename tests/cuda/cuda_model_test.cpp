@@ -1,0 +1,171 @@
+// The whole model in fp32 on CUDA against the CPU: the same initialisation, the same batches (sentences of odd
+// lengths, so padding and masks are exercised), dropout on everywhere (the masks come from the same hash on both
+// devices), five steps of forward_backward and Adam. The requirement: the CUDA run's losses match the CPU
+// run's to 1e-4 relative. Then inference: the incremental decoder (caches, beam reordering, compaction) and beam
+// search on CUDA against the CPU. Skips without a GPU; the emulated twin (cuda_model_emu_test) runs it on the CPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "data/corpus.hpp"
+#include "kernels/device.hpp"
+#include "kernels/dropout_hash.hpp"
+#include "kernels/memory.hpp"
+#include "kernels/ops/adam.hpp"
+#include "trainer/decoder.hpp"
+#include "trainer/model.hpp"
+
+namespace aiayn::trainer {
+namespace {
+
+namespace k = aiayn::kernels;
+using k::Device;
+
+constexpr int kVocab = 50;
+
+// Pairs with the given (source, target) lengths, ids in [4, V), each sentence ending in EOS (3).
+Batch make_test_batch(const std::vector<std::pair<int, int>>& lens, uint64_t seed) {
+  std::vector<data::Pair> pairs;
+  std::vector<int64_t> index;
+  uint64_t c = seed;
+  for (size_t i = 0; i < lens.size(); ++i) {
+    data::Pair p;
+    for (int t = 0; t + 1 < lens[i].first; ++t) p.src.push_back(4 + int(k::mix64(++c) % (kVocab - 4)));
+    p.src.push_back(3);
+    for (int t = 0; t + 1 < lens[i].second; ++t) p.tgt.push_back(4 + int(k::mix64(++c) % (kVocab - 4)));
+    p.tgt.push_back(3);
+    pairs.push_back(p);
+    index.push_back(int64_t(1000 + 13 * i + seed));
+  }
+  return make_batch(pairs, index, 0, 2);
+}
+
+ModelSpec tiny_spec(bool pre_norm = false) {
+  ModelSpec s;
+  s.arch.layers = 2;  // 2 encoder + 2 decoder layers
+  s.arch.d_model = 32;
+  s.arch.heads = 4;
+  s.arch.d_ff = 64;
+  s.arch.dropout = 0.1;
+  s.arch.attention_dropout = 0.1;
+  s.arch.relu_dropout = 0.1;
+  s.arch.label_smoothing = 0.1;
+  s.arch.pre_norm = pre_norm;
+  s.vocab = kVocab;
+  return s;
+}
+
+// Per-token smoothed losses of `steps` optimizer steps on `dev`.
+std::vector<double> train(Device dev, bool pre_norm, const std::vector<Batch>& batches, int steps) {
+  Model<float> model(tiny_spec(pre_norm), dev);
+  model.initialize(2024);
+  const size_t n = model.num_params();
+  k::DeviceArray<float> m(dev, n), v(dev, n);  // zero-filled
+  std::vector<double> losses;
+  for (int step = 1; step <= steps; ++step) {
+    const Batch& batch = batches[size_t(step - 1) % batches.size()];
+    model.zero_grads();
+    const DropoutContext dc{true, 77, uint64_t(step)};
+    const auto st = model.forward_backward(batch, dc, 1.0f / float(batch.tgt_tokens));
+    EXPECT_EQ(st.tokens, batch.tgt_tokens);
+    losses.push_back(st.loss / double(st.tokens));
+    k::AdamArgs<float> a;
+    a.param = model.params(), a.grad = model.grads(), a.m = m.data(), a.v = v.data(), a.n = n;
+    a.lr = 1e-3f, a.beta1 = 0.9f, a.beta2 = 0.98f, a.eps = 1e-9f;
+    a.bias1 = 1 - std::pow(0.9, step), a.bias2 = 1 - std::pow(0.98, step);
+    k::adam(dev, a);
+  }
+  if (dev == Device::CUDA) k::cuda_synchronize();
+  return losses;
+}
+
+bool no_gpu(std::string* why) { return k::cuda_device_count(why) == 0; }
+
+class CudaModel : public ::testing::TestWithParam<bool> {};  // parameter: pre-norm
+
+TEST_P(CudaModel, FiveFp32TrainingStepsMatchTheCpuLosses) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no GPU: " << why;
+  k::cuda_set_device(0);
+  // Two batch shapes (the arena is laid out again), odd lengths, padding, one sentence of length 1.
+  const std::vector<Batch> batches = {make_test_batch({{7, 5}, {3, 9}, {1, 2}}, 1),
+                                      make_test_batch({{5, 6}, {9, 4}, {4, 4}, {2, 7}, {6, 1}}, 2)};
+  const int steps = 5;
+  const auto cpu = train(Device::CPU, GetParam(), batches, steps);
+  const auto gpu = train(Device::CUDA, GetParam(), batches, steps);
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (int s = 0; s < steps; ++s) {
+    std::printf("step %d: cpu loss %.9f, cuda loss %.9f, relative difference %.2e\n", s + 1, cpu[s], gpu[s],
+                std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]));
+    ASSERT_TRUE(std::isfinite(cpu[s])) << "step " << s + 1;
+    // The bound: a fp32 CUDA run of 5 steps matches the CPU run's losses to 1e-4 (relative).
+    EXPECT_LE(std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]), 1e-4)
+        << "step " << s + 1 << ": cuda " << gpu[s] << ", cpu " << cpu[s];
+  }
+  EXPECT_LT(cpu.back(), cpu.front()) << "the run should learn something in 5 steps (same batches repeat)";
+}
+
+// The incremental decoder on both devices from the same parameters: every step's log-probabilities through beam
+// reorderings (swapped rows, a duplicated parent, a finished sentence dropped), then beam search.
+TEST_P(CudaModel, IncrementalDecodingAndBeamSearchMatchTheCpu) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no GPU: " << why;
+  k::cuda_set_device(0);
+  Model<float> cpu_model(tiny_spec(GetParam()), Device::CPU), gpu_model(tiny_spec(GetParam()), Device::CUDA);
+  cpu_model.initialize(31);
+  gpu_model.initialize(31);
+  uint64_t c = 9;
+  auto sentence = [&](int n) {
+    std::vector<int32_t> s;
+    for (int i = 0; i < n; ++i) s.push_back(4 + int32_t(k::mix64(++c) % (kVocab - 4)));
+    s.push_back(3);
+    return s;
+  };
+  const std::vector<std::vector<int32_t>> srcs = {sentence(6), sentence(1), sentence(9)};
+  const int K = 2, steps = 6;
+  IncrementalDecoder<float> cpu_dec(cpu_model), gpu_dec(gpu_model);
+  cpu_dec.start(srcs, K, steps);
+  gpu_dec.start(srcs, K, steps);
+  size_t rows = srcs.size() * K;
+  double worst = 0;
+  for (int t = 0; t < steps; ++t) {
+    std::vector<int32_t> toks(rows);
+    for (size_t r = 0; r < rows; ++r) toks[r] = t == 0 ? 2 : 4 + int32_t(k::mix64(++c) % (kVocab - 4));
+    const std::vector<double> a = cpu_dec.step(toks), b = gpu_dec.step(toks);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      worst = std::max(worst, std::fabs(a[i] - b[i]));
+      // fp32 log-probabilities (|lp| < 10) from different summation orders: the decoder tests' own bound.
+      ASSERT_LE(std::fabs(a[i] - b[i]), 1e-5) << "step " << t << " row " << i / kVocab << " token " << i % kVocab;
+    }
+    std::vector<int> parent;
+    if (t == 1) parent = {1, 0, 3, 2, 5, 4};
+    if (t == 2) parent = {1, 1, 2, 2, 5, 4};
+    if (t == 3) parent = {0, 1, 4, 5};  // sentence 1 finished
+    if (!parent.empty()) {
+      cpu_dec.reorder(parent);
+      gpu_dec.reorder(parent);
+      rows = parent.size();
+    }
+  }
+  std::printf("incremental decoding: largest log-probability difference %.2e\n", worst);
+  BeamOptions opt;
+  opt.beam = 3, opt.max_len_b = 6;
+  const auto want = beam_search(cpu_dec, srcs, opt), got = beam_search(gpu_dec, srcs, opt);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, want[i].tokens) << "sentence " << i;
+    EXPECT_NEAR(got[i].score, want[i].score, 1e-4) << "sentence " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Norms, CudaModel, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "PreNorm" : "PostNorm"; });
+
+}  // namespace
+}  // namespace aiayn::trainer

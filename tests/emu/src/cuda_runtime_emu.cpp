@@ -1,0 +1,444 @@
+// A fake CUDA runtime for emulated test binaries: the subset of cuda_runtime_api.h that kernels/cuda/*.cu call,
+// plus streams and events, defined with the header's own signatures and C linkage (libcudart is never linked).
+//
+// One device (an sm_90 with 227 KiB of opt-in shared memory; AIAYN_EMU_DEVICES=0 pretends there is none). All work
+// is synchronous: a stream is an ordering that is already satisfied, an event is complete once recorded. Device
+// memory comes from device_memory.cpp; copies and sets check that each pointer is what the direction says and that
+// the bytes lie inside one allocation. Every failure is printed ("aiayn emu: ...") and kept as the last error, and
+// cudaGetErrorString appends that detail to CUDA's text for the failing code.
+#include <cuda_runtime_api.h>
+#include <link.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "emu_internal.hpp"
+
+struct CUstream_st {
+  uint32_t magic;
+  unsigned flags;
+};
+struct CUevent_st {
+  uint32_t magic;
+  unsigned flags;
+  bool recorded;
+  std::chrono::steady_clock::time_point when;
+};
+struct CUmemPoolHandle_st {
+  uint64_t release_threshold;
+  int reuse_follow, reuse_opportunistic, reuse_internal;
+};
+
+namespace aiayn::emu {
+namespace {
+
+constexpr uint32_t kStreamMagic = 0x5354524d, kEventMagic = 0x4556454e;
+
+struct Runtime {
+  std::mutex mu;
+  std::set<cudaStream_t> streams;
+  std::set<cudaEvent_t> events;
+  std::map<const void*, int> max_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
+  CUmemPoolHandle_st pool{0, 1, 1, 1};
+  int devices = 1;
+  Runtime() {
+    if (const char* d = std::getenv("AIAYN_EMU_DEVICES")) devices = std::atoi(d) > 0 ? 1 : 0;
+  }
+};
+
+Runtime& rt() {
+  static Runtime* r = new Runtime;
+  return *r;
+}
+
+thread_local cudaError_t t_last = cudaSuccess;
+thread_local cudaError_t t_detail_code = cudaSuccess;
+thread_local std::string t_detail;
+thread_local std::string t_message;
+
+cudaError_t fail(cudaError_t code, const std::string& detail) {
+  report(detail);
+  t_last = code;
+  t_detail_code = code;
+  t_detail = detail;
+  return code;
+}
+
+bool valid_event(cudaEvent_t e) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  return e && rt().events.count(e) && e->magic == kEventMagic;
+}
+
+const char* base_string(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorNotReady: return "device not ready";
+    default: return "unrecognized error code";
+  }
+}
+
+const char* base_name(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorNotReady: return "cudaErrorNotReady";
+    default: return "cudaErrorUnknown";
+  }
+}
+
+const char* kind_name(cudaMemcpyKind k) {
+  switch (k) {
+    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
+    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
+    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
+    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
+    case cudaMemcpyDefault: return "cudaMemcpyDefault";
+  }
+  return "an unknown cudaMemcpyKind";
+}
+
+cudaError_t check_stream(cudaStream_t s, const char* api) {
+  if (valid_stream(s)) return cudaSuccess;
+  return fail(cudaErrorInvalidResourceHandle, std::string(api) + ": the stream is not a live stream");
+}
+
+cudaError_t copy(void* dst, const void* src, size_t count, cudaMemcpyKind kind, const char* api) {
+  if (count == 0) return cudaSuccess;
+  if (!dst || !src) return fail(cudaErrorInvalidValue, std::string(api) + ": null pointer");
+  const bool dst_dev = is_device_pointer(dst), src_dev = is_device_pointer(src);
+  bool want_dst = dst_dev, want_src = src_dev;
+  switch (kind) {
+    case cudaMemcpyHostToHost: want_dst = want_src = false; break;
+    case cudaMemcpyHostToDevice: want_dst = true, want_src = false; break;
+    case cudaMemcpyDeviceToHost: want_dst = false, want_src = true; break;
+    case cudaMemcpyDeviceToDevice: want_dst = want_src = true; break;
+    case cudaMemcpyDefault: break;  // unified addressing: the pointers say where they live
+    default: return fail(cudaErrorInvalidMemcpyDirection, std::string(api) + ": " + kind_name(kind));
+  }
+  std::string why;
+  if (want_dst != dst_dev)
+    return fail(cudaErrorInvalidValue, std::string(api) + " (" + kind_name(kind) + "): the destination is " +
+                                           describe_pointer(dst));
+  if (want_src != src_dev)
+    return fail(cudaErrorInvalidValue,
+                std::string(api) + " (" + kind_name(kind) + "): the source is " + describe_pointer(src));
+  if (dst_dev && !device_range_ok(dst, count, &why))
+    return fail(cudaErrorInvalidValue, std::string(api) + ": destination: " + why);
+  if (src_dev && !device_range_ok(src, count, &why))
+    return fail(cudaErrorInvalidValue, std::string(api) + ": source: " + why);
+  const auto d = reinterpret_cast<uintptr_t>(dst), s = reinterpret_cast<uintptr_t>(src);
+  if (d < s + count && s < d + count && d != s)
+    return fail(cudaErrorInvalidValue, std::string(api) + ": source and destination overlap");
+  try {
+    DeviceAccess access(api);
+    if (d != s) std::memcpy(dst, src, count);
+    access.close();
+  } catch (const std::exception& e) {
+    return fail(cudaErrorIllegalAddress, e.what());
+  }
+  return cudaSuccess;
+}
+
+cudaError_t set(void* p, int value, size_t count, const char* api) {
+  if (count == 0) return cudaSuccess;
+  std::string why;
+  if (!device_range_ok(p, count, &why)) return fail(cudaErrorInvalidValue, std::string(api) + ": " + why);
+  try {
+    DeviceAccess access(api);
+    std::memset(p, value, count);
+    access.close();
+  } catch (const std::exception& e) {
+    return fail(cudaErrorIllegalAddress, e.what());
+  }
+  return cudaSuccess;
+}
+
+cudaError_t alloc(void** p, size_t size, const char* api) {
+  if (!p) return fail(cudaErrorInvalidValue, std::string(api) + ": null result pointer");
+  *p = nullptr;
+  if (size == 0) return cudaSuccess;
+  *p = device_alloc(size);
+  if (!*p) return fail(cudaErrorMemoryAllocation, std::string(api) + ": cannot map " + std::to_string(size) + " bytes");
+  return cudaSuccess;
+}
+
+cudaError_t release(void* p, const char* api) {
+  if (!p) return cudaSuccess;
+  switch (device_free(p)) {
+    case FreeResult::Ok: return cudaSuccess;
+    case FreeResult::NotBase:
+      return fail(cudaErrorInvalidValue, std::string(api) + ": " + describe_pointer(p) + " is not the start of an allocation");
+    case FreeResult::AlreadyFreed:
+      return fail(cudaErrorInvalidValue, std::string(api) + ": " + describe_pointer(p) + " (double free)");
+    case FreeResult::NotDevice: break;
+  }
+  return fail(cudaErrorInvalidValue, std::string(api) + ": " + describe_pointer(p));
+}
+
+// An emulated binary must not also load the real libraries: their symbols would shadow or mix with these.
+void refuse_real_libraries() {
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void*) -> int {
+        const char* name = info->dlpi_name ? info->dlpi_name : "";
+        if (std::strstr(name, "libcudart.so") || std::strstr(name, "libcublasLt.so") || std::strstr(name, "libcublas.so")) {
+          report(std::string("fatal: the real ") + name +
+                 " is loaded into an emulated binary; link aiayn_kernels_cuda_emu instead of the CUDA libraries "
+                 "(set the AIAYN_CUDA_EMULATION target property)");
+          std::abort();
+        }
+        return 0;
+      },
+      nullptr);
+}
+const bool g_checked = (refuse_real_libraries(), true);
+
+}  // namespace
+
+bool valid_stream(cudaStream_t s) {
+  if (s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread) return true;
+  std::lock_guard<std::mutex> lock(rt().mu);
+  return rt().streams.count(s) && s->magic == kStreamMagic;
+}
+
+size_t max_dynamic_shared(const void* kernel) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  auto it = rt().max_smem.find(kernel);
+  return it == rt().max_smem.end() ? kDefaultDynamicShared : size_t(it->second);
+}
+
+}  // namespace aiayn::emu
+
+using namespace aiayn::emu;
+
+// ---- errors ----
+cudaError_t cudaGetLastError(void) {
+  const cudaError_t e = t_last;
+  t_last = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError(void) { return t_last; }
+const char* cudaGetErrorName(cudaError_t error) { return base_name(error); }
+const char* cudaGetErrorString(cudaError_t error) {
+  if (error != cudaSuccess && error == t_detail_code && !t_detail.empty()) {
+    t_message = std::string(base_string(error)) + " [aiayn emu: " + t_detail + "]";
+    return t_message.c_str();
+  }
+  return base_string(error);
+}
+
+// ---- devices ----
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (!count) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount: null pointer");
+  *count = rt().devices;
+  if (rt().devices == 0) return fail(cudaErrorNoDevice, "cudaGetDeviceCount: AIAYN_EMU_DEVICES=0");
+  return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+  if (device < 0 || device >= rt().devices)
+    return fail(cudaErrorInvalidDevice, "cudaSetDevice(" + std::to_string(device) + "): the emulator has one device");
+  return cudaSuccess;
+}
+cudaError_t cudaGetDevice(int* device) {
+  if (!device) return fail(cudaErrorInvalidValue, "cudaGetDevice: null pointer");
+  *device = 0;
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (!value || device != 0) return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: bad arguments");
+  switch (attr) {
+    case cudaDevAttrMaxThreadsPerBlock: *value = 1024; return cudaSuccess;
+    case cudaDevAttrWarpSize: *value = 32; return cudaSuccess;
+    case cudaDevAttrMultiProcessorCount: *value = 132; return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(kDefaultDynamicShared); return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(kMaxDynamicSharedOptIn); return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+    case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+    default: break;
+  }
+  return fail(cudaErrorNotSupported, "cudaDeviceGetAttribute: attribute " + std::to_string(int(attr)) +
+                                         " is outside the emulated subset");
+}
+
+// ---- memory ----
+cudaError_t cudaMalloc(void** devPtr, size_t size) { return alloc(devPtr, size, "cudaMalloc"); }
+cudaError_t cudaFree(void* devPtr) { return release(devPtr, "cudaFree"); }
+cudaError_t cudaMallocAsync(void** devPtr, size_t size, cudaStream_t hStream) {
+  if (const cudaError_t e = check_stream(hStream, "cudaMallocAsync")) return e;
+  return alloc(devPtr, size, "cudaMallocAsync");
+}
+cudaError_t cudaFreeAsync(void* devPtr, cudaStream_t hStream) {
+  if (const cudaError_t e = check_stream(hStream, "cudaFreeAsync")) return e;
+  return release(devPtr, "cudaFreeAsync");
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  return copy(dst, src, count, kind, "cudaMemcpy");
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaMemcpyAsync")) return e;
+  return copy(dst, src, count, kind, "cudaMemcpyAsync");
+}
+cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return set(devPtr, value, count, "cudaMemset"); }
+cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaMemsetAsync")) return e;
+  return set(devPtr, value, count, "cudaMemsetAsync");
+}
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
+  if (!attributes) return fail(cudaErrorInvalidValue, "cudaPointerGetAttributes: null attributes");
+  std::memset(attributes, 0, sizeof *attributes);
+  if (ptr && is_device_pointer(ptr)) {
+    attributes->type = cudaMemoryTypeDevice;
+    attributes->device = 0;
+    attributes->devicePointer = const_cast<void*>(ptr);
+    attributes->hostPointer = nullptr;
+  } else {  // CUDA >= 11: unregistered host memory is reported, not an error
+    attributes->type = cudaMemoryTypeUnregistered;
+    attributes->device = -2;
+    attributes->devicePointer = nullptr;
+    attributes->hostPointer = const_cast<void*>(ptr);
+  }
+  return cudaSuccess;
+}
+cudaError_t cudaDeviceGetDefaultMemPool(cudaMemPool_t* memPool, int device) {
+  if (!memPool || device != 0) return fail(cudaErrorInvalidValue, "cudaDeviceGetDefaultMemPool: bad arguments");
+  *memPool = &rt().pool;
+  return cudaSuccess;
+}
+cudaError_t cudaMemPoolSetAttribute(cudaMemPool_t memPool, cudaMemPoolAttr attr, void* value) {
+  if (memPool != &rt().pool || !value) return fail(cudaErrorInvalidValue, "cudaMemPoolSetAttribute: bad arguments");
+  switch (attr) {
+    case cudaMemPoolAttrReleaseThreshold: std::memcpy(&memPool->release_threshold, value, 8); return cudaSuccess;
+    case cudaMemPoolReuseFollowEventDependencies: std::memcpy(&memPool->reuse_follow, value, 4); return cudaSuccess;
+    case cudaMemPoolReuseAllowOpportunistic: std::memcpy(&memPool->reuse_opportunistic, value, 4); return cudaSuccess;
+    case cudaMemPoolReuseAllowInternalDependencies: std::memcpy(&memPool->reuse_internal, value, 4); return cudaSuccess;
+    default: break;
+  }
+  return fail(cudaErrorInvalidValue, "cudaMemPoolSetAttribute: attribute " + std::to_string(int(attr)) + " cannot be set");
+}
+cudaError_t cudaMemPoolGetAttribute(cudaMemPool_t memPool, cudaMemPoolAttr attr, void* value) {
+  if (memPool != &rt().pool || !value) return fail(cudaErrorInvalidValue, "cudaMemPoolGetAttribute: bad arguments");
+  switch (attr) {
+    case cudaMemPoolAttrReleaseThreshold: std::memcpy(value, &memPool->release_threshold, 8); return cudaSuccess;
+    case cudaMemPoolReuseFollowEventDependencies: std::memcpy(value, &memPool->reuse_follow, 4); return cudaSuccess;
+    case cudaMemPoolReuseAllowOpportunistic: std::memcpy(value, &memPool->reuse_opportunistic, 4); return cudaSuccess;
+    case cudaMemPoolReuseAllowInternalDependencies: std::memcpy(value, &memPool->reuse_internal, 4); return cudaSuccess;
+    default: break;
+  }
+  return fail(cudaErrorNotSupported, "cudaMemPoolGetAttribute: attribute " + std::to_string(int(attr)) +
+                                         " is outside the emulated subset");
+}
+
+// ---- kernels ----
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (!func) return fail(cudaErrorInvalidDeviceFunction, "cudaFuncSetAttribute: null function");
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || size_t(value) > kMaxDynamicSharedOptIn)
+      return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: " + std::to_string(value) +
+                                             " bytes of dynamic shared memory exceed the sm_90 limit of " +
+                                             std::to_string(kMaxDynamicSharedOptIn));
+    std::lock_guard<std::mutex> lock(rt().mu);
+    rt().max_smem[func] = value;
+    return cudaSuccess;
+  }
+  if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) {
+    if (value < -1 || value > 100) return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: carveout out of range");
+    return cudaSuccess;
+  }
+  return fail(cudaErrorNotSupported, "cudaFuncSetAttribute: attribute " + std::to_string(int(attr)) +
+                                         " is outside the emulated subset");
+}
+
+// ---- streams and events (all work is already complete when a call returns) ----
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* pStream, unsigned int flags) {
+  if (!pStream) return fail(cudaErrorInvalidValue, "cudaStreamCreate: null pointer");
+  if (flags & ~unsigned(cudaStreamNonBlocking)) return fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags: bad flags");
+  auto* s = new CUstream_st{kStreamMagic, flags};
+  std::lock_guard<std::mutex> lock(rt().mu);
+  rt().streams.insert(s);
+  *pStream = s;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamCreate(cudaStream_t* pStream) { return cudaStreamCreateWithFlags(pStream, cudaStreamDefault); }
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  if (!stream || !rt().streams.erase(stream))
+    return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: not a live stream (destroyed twice, or never created)");
+  stream->magic = 0;
+  delete stream;
+  return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return check_stream(stream, "cudaStreamSynchronize"); }
+cudaError_t cudaStreamQuery(cudaStream_t stream) { return check_stream(stream, "cudaStreamQuery"); }
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  if (const cudaError_t e = check_stream(stream, "cudaStreamWaitEvent")) return e;
+  if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: not a live event");
+  (void)flags;
+  return cudaSuccess;  // the event's work is complete (or it was never recorded: no dependency)
+}
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
+  if (!event) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
+  auto* e = new CUevent_st{kEventMagic, flags, false, {}};
+  std::lock_guard<std::mutex> lock(rt().mu);
+  rt().events.insert(e);
+  *event = e;
+  return cudaSuccess;
+}
+cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlags(event, cudaEventDefault); }
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaEventRecord")) return e;
+  if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
+  event->recorded = true;
+  event->when = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
+  return cudaSuccess;
+}
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: not a live event");
+  return cudaSuccess;
+}
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (!ms || !valid_event(start) || !valid_event(end))
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: not live events");
+  if ((start->flags | end->flags) & cudaEventDisableTiming)
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event was created with cudaEventDisableTiming");
+  if (!start->recorded || !end->recorded) return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: not recorded");
+  *ms = std::chrono::duration<float, std::milli>(end->when - start->when).count();  // host time, not GPU time
+  return cudaSuccess;
+}
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  if (!event || !rt().events.erase(event))
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: not a live event (destroyed twice, or never created)");
+  event->magic = 0;
+  delete event;
+  return cudaSuccess;
+}
