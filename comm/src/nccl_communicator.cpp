@@ -41,6 +41,8 @@ class NcclCommunicator final : public Communicator {
   int size() const override { return host_->size(); }
   int local_rank() const override { return host_->local_rank(); }
   void all_reduce_sum(float* data, size_t n, void* stream) override;
+  void all_reduce_sum_async(float* data, size_t n, void* stream) override;
+  void wait(void* stream) override;
   void all_reduce_sum_host(double* data, size_t n) override { host_->all_reduce_sum_host(data, n); }
   void all_reduce_sum_host(int64_t* data, size_t n) override { host_->all_reduce_sum_host(data, n); }
   void all_reduce_max_host(int64_t* data, size_t n) override { host_->all_reduce_max_host(data, n); }
@@ -154,12 +156,25 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 void NcclCommunicator::all_reduce_sum(float* data, size_t n, void* stream) {
+  all_reduce_sum_async(data, n, stream);
+  wait(stream);
+}
+
+void NcclCommunicator::all_reduce_sum_async(float* data, size_t n, void* stream) {
+  AIAYN_CHECK(comm_ != nullptr, prefix() + "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
+  const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout_);
+  check_nccl(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, static_cast<cudaStream_t>(stream)),
+             "ncclAllReduce");
+  // Non-blocking: the call is enqueued on the stream only once the communicator reports success.
+  wait_ready("ncclAllReduce (enqueue)", deadline);
+}
+
+// Everything on the stream (the all-reduces and whatever it waits for) must finish before the deadline; a
+// dead or hung peer shows up as the deadline passing or as NCCL's asynchronous error.
+void NcclCommunicator::wait(void* stream) {
   AIAYN_CHECK(comm_ != nullptr, prefix() + "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
   auto s = static_cast<cudaStream_t>(stream);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout_);
-  check_nccl(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, s), "ncclAllReduce");
-  // Non-blocking: the call is enqueued on the stream only once the communicator reports success.
-  wait_ready("ncclAllReduce (enqueue)", deadline);
   for (;;) {
     const cudaError_t q = cudaStreamQuery(s);
     if (q == cudaSuccess) break;
@@ -169,8 +184,8 @@ void NcclCommunicator::all_reduce_sum(float* data, size_t n, void* stream) {
     if (r != ncclSuccess) fail("ncclAllReduce (ncclCommGetAsyncError)", nccl_error_text(comm_, r));
     if (state != ncclSuccess && state != ncclInProgress) fail("ncclAllReduce", nccl_error_text(comm_, state));
     if (Clock::now() > deadline)
-      fail("ncclAllReduce", "timed out after " + std::to_string(timeout_.count()) + " s on " +
-                                std::to_string(n) + " floats (a peer may have died or hung)");
+      fail("ncclAllReduce", "timed out after " + std::to_string(timeout_.count()) +
+                                " s (a peer may have died or hung)");
     std::this_thread::yield();
   }
 }

@@ -21,6 +21,12 @@ void* alloc(size_t bytes);
 void free(void* p) noexcept;
 void zero(void* p, size_t bytes, Stream s);
 void copy(void* dst, const void* src, size_t bytes, Stream s);
+Stream stream_create();
+void stream_destroy(Stream s) noexcept;
+Event event_create();
+void event_destroy(Event e) noexcept;
+void event_record(Event e, Stream s);
+void stream_wait_event(Stream s, Event e);
 }  // namespace aiayn::kernels::cuda_runtime
 #endif
 
@@ -50,6 +56,46 @@ void cuda_synchronize() {
   cuda_runtime::synchronize();
 #endif
 }
+
+#if AIAYN_HAVE_CUDA
+#define AIAYN_CUDA_ONLY(call) \
+  do {                         \
+    if (d == Device::CUDA) call; \
+  } while (0)
+#else
+#define AIAYN_CUDA_ONLY(call) \
+  do {                         \
+    if (d == Device::CUDA) no_cuda_backend("streams and events"); \
+  } while (0)
+#endif
+
+Stream stream_create(Device d) {
+  Stream s = nullptr;
+  AIAYN_CUDA_ONLY(s = cuda_runtime::stream_create());
+  return s;
+}
+void stream_destroy(Device d, Stream s) noexcept {
+#if AIAYN_HAVE_CUDA
+  if (d == Device::CUDA && s) cuda_runtime::stream_destroy(s);
+#else
+  (void)d, (void)s;
+#endif
+}
+Event event_create(Device d) {
+  Event e = nullptr;
+  AIAYN_CUDA_ONLY(e = cuda_runtime::event_create());
+  return e;
+}
+void event_destroy(Device d, Event e) noexcept {
+#if AIAYN_HAVE_CUDA
+  if (d == Device::CUDA && e) cuda_runtime::event_destroy(e);
+#else
+  (void)d, (void)e;
+#endif
+}
+void event_record(Device d, Event e, Stream s) { AIAYN_CUDA_ONLY(cuda_runtime::event_record(e, s)); }
+void stream_wait_event(Device d, Stream s, Event e) { AIAYN_CUDA_ONLY(cuda_runtime::stream_wait_event(s, e)); }
+#undef AIAYN_CUDA_ONLY
 
 void set_cpu_threads(int n) {
   AIAYN_CHECK(n >= 1, "set_cpu_threads: need at least one thread");

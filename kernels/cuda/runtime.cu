@@ -81,4 +81,29 @@ void copy(void* dst, const void* src, size_t bytes, Stream s) {
   if (!on_device(dst) || !on_device(src)) AIAYN_CUDA_CHECK(cudaStreamSynchronize(as_cuda(s)));
 }
 
+// cudaStreamNonBlocking: no implicit synchronisation with the legacy default stream the ops run on, so work
+// on this stream (NCCL's all-reduce) overlaps them; order comes from events only.
+Stream stream_create() {
+  cudaStream_t s = nullptr;
+  AIAYN_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+
+void stream_destroy(Stream s) noexcept { (void)cudaStreamDestroy(as_cuda(s)); }
+
+// Timing off: an event used for ordering only is cheaper to record and wait on.
+Event event_create() {
+  cudaEvent_t e = nullptr;
+  AIAYN_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void event_destroy(Event e) noexcept { (void)cudaEventDestroy(static_cast<cudaEvent_t>(e)); }
+
+void event_record(Event e, Stream s) { AIAYN_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(e), as_cuda(s))); }
+
+void stream_wait_event(Stream s, Event e) {
+  AIAYN_CUDA_CHECK(cudaStreamWaitEvent(as_cuda(s), static_cast<cudaEvent_t>(e), 0));
+}
+
 }  // namespace aiayn::kernels::cuda_runtime

@@ -25,7 +25,8 @@ using k::Device;
 template <class T>
 struct Model<T>::Impl {
   virtual ~Impl() = default;
-  virtual kernels::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale) = 0;
+  virtual kernels::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale,
+                                                      const typename Model<T>::GradsReady* ready) = 0;
   virtual kernels::CrossEntropyStats forward_loss(const Batch& batch, float smoothing) = 0;
   virtual std::vector<T> forward_log_probs(const Batch& batch) = 0;
 };
@@ -68,6 +69,10 @@ struct Core final : Model<T>::Impl {
   Norm enc_final, dec_final;
   std::vector<EncLayer> enc_p;
   std::vector<DecLayer> dec_p;
+  // The gradient ranges the backward pass reports as finished (Model::GradsReady), in the order it does.
+  using Range = std::pair<size_t, size_t>;
+  std::vector<Range> enc_range, dec_range;
+  Range emb_range, enc_final_range, dec_final_range;
 
   k::DeviceArray<A> arena;
   k::DeviceArray<int32_t> ints;
@@ -110,6 +115,15 @@ struct Core final : Model<T>::Impl {
     if (pre) {
       enc_final = norm("encoder/final_norm");
       dec_final = norm("decoder/final_norm");
+    }
+    for (int l = 0; l < L; ++l) {
+      enc_range.push_back(t.range(fmt::format("encoder/layers/{}/", l)));
+      dec_range.push_back(t.range(fmt::format("decoder/layers/{}/", l)));
+    }
+    emb_range = t.range("embedding/");
+    if (pre) {
+      enc_final_range = t.range("encoder/final_norm/");
+      dec_final_range = t.range("decoder/final_norm/");
     }
   }
 
@@ -463,7 +477,10 @@ struct Core final : Model<T>::Impl {
   // The input F saw in the forward pass, recovered from what was saved.
   const A* fin_of(const A* x, const Sub& s) const { return pre ? s.ln_x : x; }
 
-  void backward(const DropoutContext& dc) {
+  void backward(const DropoutContext& dc, const typename Model<T>::GradsReady* ready) {
+    auto done = [&](const Range& r) {
+      if (ready) (*ready)(r.first, r.second);
+    };
     const int Nt = B * Tt, Ns = B * S;
     // logits -> decoder output: d_stream = dlogits @ E; dE += dlogits^T @ out
     {
@@ -482,7 +499,10 @@ struct Core final : Model<T>::Impl {
       gw.beta = 1.0f;
       k::gemm(dev, gw);
     }
-    if (pre) norm_bwd(d_stream, dec.back().ffn.out, dec_final, dec_fin.mean, dec_fin.rstd, Nt);
+    if (pre) {
+      norm_bwd(d_stream, dec.back().ffn.out, dec_final, dec_fin.mean, dec_fin.rstd, Nt);
+      done(dec_final_range);
+    }
     k::device_zero(dev, d_enc, static_cast<size_t>(Ns) * D * sizeof(A));
     const A* memory = encoder_output();
     for (int l = L - 1; l >= 0; --l) {
@@ -510,13 +530,17 @@ struct Core final : Model<T>::Impl {
                     a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
       linear_backward(d_qkv, fin_of(x_self, a.self), Nt, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_self, d_fin, d_stream, a.self, p.self_norm, Nt);
+      done(dec_range[l]);
     }
     embed_bwd(tgt_in, Tt, d_stream, 1, dc);
 
     // encoder
     A* ds = d_stream_s;
     copy(ds, d_enc, static_cast<size_t>(Ns) * D);
-    if (pre) norm_bwd(ds, enc.back().ffn.out, enc_final, enc_fin.mean, enc_fin.rstd, Ns);
+    if (pre) {
+      norm_bwd(ds, enc.back().ffn.out, enc_final, enc_fin.mean, enc_fin.rstd, Ns);
+      done(enc_final_range);
+    }
     for (int l = L - 1; l >= 0; --l) {
       EncLayer& p = enc_p[l];
       EncAct& a = enc[l];
@@ -531,8 +555,10 @@ struct Core final : Model<T>::Impl {
                     a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
       linear_backward(d_qkv, fin_of(x_attn, a.attn), Ns, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_attn, d_fin, ds, a.attn, p.attn_norm, Ns);
+      done(enc_range[l]);
     }
     embed_bwd(src, S, ds, 0, dc);
+    done(emb_range);
   }
 
   // Lays out the arena for the batch (with room for the backward pass if asked), uploads it, runs both stacks.
@@ -555,10 +581,11 @@ struct Core final : Model<T>::Impl {
     return k::cross_entropy(dev, c);
   }
 
-  k::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale) override {
+  k::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dc, float grad_scale,
+                                        const typename Model<T>::GradsReady* ready) override {
     forward(batch, dc, /*backward=*/true);
     const auto stats = loss(static_cast<float>(spec.arch.label_smoothing), true, grad_scale);
-    backward(dc);
+    backward(dc, ready);
     return stats;
   }
 
@@ -643,8 +670,9 @@ void Model<T>::zero_grads() {
 }
 
 template <class T>
-kernels::CrossEntropyStats Model<T>::forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale) {
-  return impl_->forward_backward(batch, dropout, grad_scale);
+kernels::CrossEntropyStats Model<T>::forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale,
+                                                     const GradsReady* ready) {
+  return impl_->forward_backward(batch, dropout, grad_scale, ready);
 }
 
 template <class T>

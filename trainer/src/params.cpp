@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "aiayn/error.hpp"
@@ -22,6 +23,19 @@ void ParamTable::add(const std::string& name, std::vector<int64_t> shape, ParamV
   total_ += v.size;
   index_[name] = views_.size();
   views_.push_back(std::move(v));
+}
+
+std::pair<size_t, size_t> ParamTable::range(const std::string& prefix) const {
+  size_t begin = total_, end = 0, covered = 0;
+  for (const ParamView& v : views_) {
+    if (v.name.compare(0, prefix.size(), prefix) != 0) continue;
+    begin = std::min(begin, v.offset);
+    end = std::max(end, v.offset + v.size);
+    covered += v.size;
+  }
+  AIAYN_CHECK(covered > 0, "parameter table: no parameter named '" + prefix + "...'");
+  AIAYN_CHECK(covered == end - begin, "parameter table: the parameters '" + prefix + "...' are not contiguous");
+  return {begin, end};
 }
 
 const ParamView& ParamTable::at(const std::string& name) const {

@@ -22,6 +22,7 @@
 #include "data/corpus.hpp"
 #include "kernels/ops.hpp"
 #include "trainer/config.hpp"
+#include "trainer/gradient_reducer.hpp"
 #include "trainer/model.hpp"
 #include "trainer/run_files.hpp"
 #include "trainer/runtime.hpp"
@@ -238,7 +239,6 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;
   const bool stage_on_host = device == k::Device::CUDA && grad_comm_ref.backend() != comm::Backend::NCCL &&
                              grad_comm_ref.size() > 1;
-  std::vector<float> host_bucket;
   ModelSpec spec;
   spec.arch = cfg.model;
   spec.vocab = info.vocab_size;
@@ -364,7 +364,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   int64_t consecutive_skips = 0;
   StepTotals interval;
   int64_t interval_tgt = 0, interval_steps = 0;
-  const int64_t bucket = 1 << 22;  // gradient all-reduce bucket, in elements
+  const size_t bucket = std::max<size_t>(1, static_cast<size_t>(cfg.train.bucket_mb * (1 << 20) / sizeof(float)));
   data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch,
                                                 cfg.train.batch_tokens);
   int exit_status = 0;
@@ -376,6 +376,19 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const int shards = static_cast<int>(((std::max<int64_t>(cfg.train.shards, world) + world - 1) / world) * world);
   const int shards_per_rank = shards / world, first_shard = rank * shards_per_rank;
   ShardSums shard_sums(device, n_params);
+  GradientReducer reducer(grad_comm_ref, device, model.grads(), n_params, bucket, stage_on_host);
+  // With one shard per rank the last backward pass of a step starts the all-reduce bucket by bucket as it
+  // finishes them (on a GPU with NCCL, beside the rest of the pass); several shards are summed locally first.
+  const bool overlap = shards_per_rank == 1 && grad_comm_ref.size() > 1;
+  bool poison_this_step = false, logged_buckets = false;
+  auto poison_grads = [&] {
+    const float nan = std::nanf("");
+    k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
+  };
+  const Model<float>::GradsReady on_grads_ready = [&](size_t begin, size_t end) {
+    if (poison_this_step && begin == 0) poison_grads();  // test-only, as if the backward pass produced it
+    reducer.ready(begin, end);
+  };
 
   while (true) {
     // ---- stop conditions that need no agreement (same on every rank) ----
@@ -398,33 +411,29 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     double sums[2] = {0, 0}, gnorm = 0;
     int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
     try {
+      reducer.begin_step();
+      poison_this_step = inject_nan_here(rank, this_step);
       // This rank's shards, each computed on its own and combined pairwise (see ShardSums).
       for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
         if (v > first_shard) model.zero_grads();
-        for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank)) {
-          const Batch b = make_batch(train_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
-          const auto st = model.forward_backward(b, dropout, grad_scale);
+        const auto mbs = data::split_for_rank(gb, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank);
+        for (size_t i = 0; i < mbs.size(); ++i) {
+          const Batch b = make_batch(train_data->read_pairs(mbs[i]), mbs[i], info.pad_id, info.bos_id);
+          const bool last = i + 1 == mbs.size();
+          const auto st = model.forward_backward(b, dropout, grad_scale, overlap && last ? &on_grads_ready : nullptr);
           local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
         }
         if (shards_per_rank > 1) shard_sums.push(model.grads());
       }
       if (shards_per_rank > 1) shard_sums.finish(model.grads());
-      if (inject_nan_here(rank, this_step)) {
-        const float nan = std::nanf("");
-        k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
-      }
+      if (poison_this_step && reducer.started_early() == 0) poison_grads();
 
-      // ---- all-reduce gradients in buckets, then agree on statistics and faults ----
-      for (size_t off = 0; off < n_params; off += bucket) {
-        const size_t n = std::min<size_t>(bucket, n_params - off);
-        if (stage_on_host) {
-          host_bucket.resize(n);
-          k::device_copy(k::Device::CPU, host_bucket.data(), device, model.grads() + off, n * sizeof(float));
-          grad_comm_ref.all_reduce_sum(host_bucket.data(), n);
-          k::device_copy(device, model.grads() + off, k::Device::CPU, host_bucket.data(), n * sizeof(float));
-        } else {
-          grad_comm_ref.all_reduce_sum(model.grads() + off, n);
-        }
+      // ---- all-reduce gradients (what the backward pass has not started yet), agree on statistics and faults ----
+      reducer.finish();
+      if (!logged_buckets) {
+        log->info("gradient all-reduce: {} bucket(s) of up to {} floats, {} started during the backward pass",
+                  reducer.buckets(), bucket, reducer.started_early());
+        logged_buckets = true;
       }
       sums[0] = local.loss, sums[1] = local.nll;
       counts[0] = local.tokens, counts[1] = local.correct;

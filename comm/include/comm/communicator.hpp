@@ -28,6 +28,11 @@ class Communicator {
   // In-place sum across ranks. NCCL: `data` is a device pointer, enqueued on `stream` (nullptr: default),
   // waited for with a deadline. Local and MPI: host pointer, `stream` ignored.
   virtual void all_reduce_sum(float* data, size_t n, void* stream = nullptr) = 0;
+  // The same sum, started and not waited for: NCCL enqueues it on `stream` and returns; wait(stream) then
+  // blocks (with the deadline) until everything enqueued on that stream is done. Local and MPI run the sum
+  // at once and wait is a no-op. Every rank must start the same sums in the same order.
+  virtual void all_reduce_sum_async(float* data, size_t n, void* stream) { all_reduce_sum(data, n, stream); }
+  virtual void wait(void* stream) { (void)stream; }
   // Host-memory collectives on every backend.
   virtual void all_reduce_sum_host(double* data, size_t n) = 0;
   virtual void all_reduce_sum_host(int64_t* data, size_t n) = 0;

@@ -29,6 +29,18 @@ int cuda_device_count(std::string* why = nullptr);
 void cuda_set_device(int index);
 void cuda_synchronize();
 
+// Streams and events, for work that overlaps on a GPU (the gradient all-reduce beside the backward pass).
+// On the CPU every call is a no-op and handles are null. A created stream does not synchronise with the
+// default stream (Stream nullptr, which the ops use unless told otherwise); order across streams comes only
+// from events: event_record(e, s1) then stream_wait_event(s2, e) makes later work on s2 wait for s1's work.
+using Event = void*;
+Stream stream_create(Device d);
+void stream_destroy(Device d, Stream s) noexcept;
+Event event_create(Device d);
+void event_destroy(Device d, Event e) noexcept;
+void event_record(Device d, Event e, Stream s);
+void stream_wait_event(Device d, Stream s, Event e);
+
 // Threads the CPU backend uses per process (OpenMP loops and BLAS); n >= 1.
 void set_cpu_threads(int n);
 int cpu_threads();

@@ -12,6 +12,7 @@
 // until zero_grads(). Dimension letters: B sentences, S source length, T target length, D model width,
 // H heads, Dh = D / H, F feed-forward width, V vocabulary, L layers.
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "kernels/bf16.hpp"
@@ -61,10 +62,16 @@ class Model {
   void params_changed();           // params() were written from outside (a checkpoint): refresh the bf16 copy
   void zero_grads();
 
+  // Called during the backward pass with ranges [begin, end) of the flat gradient buffer (elements) as soon as
+  // the pass has enqueued its last contribution to them (a layer, a final norm, the embedding last); one call
+  // covers the buffer exactly once. The gradient all-reduce starts bucket by bucket from here.
+  using GradsReady = std::function<void(size_t begin, size_t end)>;
+
   // Forward, label-smoothed loss and backward over one micro-batch. dlogits are scaled by grad_scale
   // (1 / non-pad target tokens of the whole global batch), so parameter gradients accumulate to the gradient
   // of the global mean loss.
-  kernels::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale);
+  kernels::CrossEntropyStats forward_backward(const Batch& batch, const DropoutContext& dropout, float grad_scale,
+                                              const GradsReady* ready = nullptr);
 
   // Forward only (no dropout, no gradients); the loss uses `smoothing` (0 for evaluation).
   kernels::CrossEntropyStats forward_loss(const Batch& batch, float smoothing);

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace aiayn::trainer {
@@ -34,6 +35,9 @@ class ParamTable {
   size_t total() const { return total_; }
   const ParamView& at(const std::string& name) const;  // throws aiayn::Error naming the parameter
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
+  // [begin, end) in elements of the parameters whose names start with `prefix` (e.g. "decoder/layers/2/");
+  // throws unless there is at least one and they are contiguous in the buffer.
+  std::pair<size_t, size_t> range(const std::string& prefix) const;
 
   // Deterministic initialisation from `seed` (same values on every rank and every run).
   template <class T>

@@ -1,0 +1,64 @@
+#pragma once
+// The gradient all-reduce of a training step, bucket by bucket over the flat gradient buffer.
+//
+// With overlap, the backward pass reports each range of the buffer it has finished (Model::GradsReady) and a
+// bucket starts as soon as all of it is reported: on a GPU with NCCL, on a stream of its own that first waits
+// for an event recorded on the compute stream, so the all-reduce runs beside the rest of the backward pass;
+// elsewhere (MPI on the CPU, or host-staged from a GPU) the bucket is summed there and then. finish() starts
+// whatever is left, waits for all of it (NCCL: with the communicator's deadline) and orders the compute stream
+// after it. Buckets always start from the last one down (the backward pass finishes the buffer from its end:
+// decoder layers, encoder layers, the embedding at offset 0 last), each once it and every bucket above it are
+// complete, so every rank starts the same sums in the same order even when one has nothing to report (an
+// empty share of a tiny batch). A range that overlaps one reported before is an error.
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+#include "comm/communicator.hpp"
+#include "kernels/device.hpp"
+#include "trainer/model.hpp"
+
+namespace aiayn::trainer {
+
+class GradientReducer {
+ public:
+  // `host_staged`: grads live on a GPU but the communicator sums host buffers (MPI): each bucket is copied
+  // to the host and back.
+  GradientReducer(comm::Communicator& comm, kernels::Device device, float* grads, size_t n, size_t bucket,
+                  bool host_staged);
+  ~GradientReducer();
+  GradientReducer(const GradientReducer&) = delete;
+  GradientReducer& operator=(const GradientReducer&) = delete;
+
+  // Starts a step: nothing reported, nothing started.
+  void begin_step();
+  // The backward pass has finished grads[begin, end).
+  void ready(size_t begin, size_t end);
+  // Starts the buckets not started yet (in order), waits for every one; grads then hold the sum over ranks.
+  void finish();
+
+  size_t buckets() const { return size_.size(); }
+  // Buckets started from ready() (before finish()) in the last step: how much could overlap.
+  size_t started_early() const { return started_early_; }
+
+ private:
+  void start(size_t bucket);
+  bool complete(size_t bucket) const;  // every element of the bucket reported
+
+  comm::Communicator& comm_;
+  const kernels::Device device_;
+  float* const grads_;
+  const size_t n_, bucket_;
+  const bool host_staged_, async_;  // async_: NCCL on a GPU (the bucket is enqueued, not waited for)
+  kernels::Stream stream_ = nullptr;
+  std::vector<kernels::Event> events_;
+  kernels::Event done_ = nullptr;
+  std::vector<size_t> size_;
+  std::map<size_t, size_t> covered_;  // reported ranges, merged: begin -> end
+  size_t next_ = 0;  // buckets [0, next_) have not started
+  size_t started_early_ = 0;
+  std::vector<float> host_;
+};
+
+}  // namespace aiayn::trainer
