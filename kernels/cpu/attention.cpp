@@ -271,12 +271,15 @@ inline __attribute__((always_inline)) void softmax_row(T* p, int n, double* e) {
 }
 
 // Scratch of one thread: [Dh * ld] packed keys or values, then [Tk] of T, then [Tk] of double.
+// Scratch of one thread: [Dh * ld] packed keys or values, [Tk] of T, [Tk] of double; for the backward pass
+// also the dropped probabilities and the score gradients transposed, [Tk, Tq] each.
 template <class T>
 struct HeadScratch {
-  std::vector<T> packed, row;
+  std::vector<T> packed, row, pd_t, ds_t;
   std::vector<double> e;
-  explicit HeadScratch(const AttentionShape<T>& s)
-      : packed(size_t(s.Dh) * padded_keys(s.Tk)), row(s.Tk + 1), e(s.Tk + 1) {}
+  HeadScratch(const AttentionShape<T>& s, bool backward)
+      : packed(size_t(s.Dh) * padded_keys(s.Tk)), row(s.Tk + 1), pd_t(backward ? size_t(s.Tk) * s.Tq : 0),
+        ds_t(backward ? size_t(s.Tk) * s.Tq : 0), e(s.Tk + 1) {}
 };
 
 template <class T>
@@ -305,24 +308,25 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(co
   }
 }
 
+// Per query t: dp = dout . v (packed), ds; dq from ds (registers). Then per key j, from the transposed
+// scratch: dv[j] = sum_t p'[t, j] dout[t] and dk[j] = sum_t ds[t, j] q[t], each one register-accumulated sum
+// written once (keys without a valid query get exact zeros).
 template <class T>
 __attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(const AttentionBackward<T>& a, int b,
                                                                                int h, HeadScratch<T>& w) {
   const AttentionShape<T>& s = a.shape;
   const T scale = static_cast<T>(s.scale);
-  for (int j = 0; j < s.Tk; ++j)
-    for (int d = 0; d < s.Dh; ++d) {
-      a.dk[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
-      a.dv[b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh + d] = T(0);
-    }
-  const int k_len = valid_keys(s, b), ld = padded_keys(s.Tk);
+  const int k_len = valid_keys(s, b), ld = padded_keys(s.Tk), Tq = s.Tq;
   T* vt = w.packed.data();  // [Dh, ld]
   T* dp = w.row.data();     // [Tk] dp, then ds
+  T* pd_t = w.pd_t.data();  // [Tk, Tq] p' = p * dropout factor, transposed
+  T* ds_t = w.ds_t.data();  // [Tk, Tq] ds, transposed
+  const T* q0 = a.q + b * s.q_bstride + h * s.Dh;
   const T* k0 = a.k + b * s.kv_bstride + h * s.Dh;
+  const T* dout0 = a.dout + b * s.o_bstride + h * s.Dh;
   pack_transposed(a.v + b * s.kv_bstride + h * s.Dh, s.kv_stride, k_len, s.Dh, ld, vt);
-  for (int t = 0; t < s.Tq; ++t) {
-    const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
-    const T* dout = a.dout + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;
+  for (int t = 0; t < Tq; ++t) {
+    const T* dout = dout0 + long(t) * s.o_stride;
     T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
     const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
@@ -331,17 +335,25 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(c
     T p_dot_dp = T(0);
     for (int j = 0; j < n_valid; ++j) {
       const T factor = drop.factor(j);
-      T* dv = a.dv + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-      axpy(p[j] * factor, dout, dv, s.Dh);
+      pd_t[size_t(j) * Tq + t] = p[j] * factor;
       dp[j] *= factor;
       p_dot_dp += p[j] * dp[j];
     }
     for (int j = 0; j < n_valid; ++j) {
       dp[j] = p[j] * (dp[j] - p_dot_dp) * scale;  // ds[j]
-      T* dk = a.dk + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
-      axpy(dp[j], q, dk, s.Dh);
+      ds_t[size_t(j) * Tq + t] = dp[j];
     }
+    for (int j = n_valid; j < k_len; ++j) pd_t[size_t(j) * Tq + t] = ds_t[size_t(j) * Tq + t] = T(0);
     weighted_rows(dp, k0, s.kv_stride, n_valid, s.Dh, dq);
+  }
+  for (int j = 0; j < s.Tk; ++j) {
+    T* dk = a.dk + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+    T* dv = a.dv + b * s.kv_bstride + long(j) * s.kv_stride + h * s.Dh;
+    // Causal: queries before j never see key j (their entries are zero), so the sums start at t = j.
+    const int t0 = s.causal ? std::min(j, Tq) : 0;
+    const int n = j < k_len ? Tq - t0 : 0;
+    weighted_rows(pd_t + size_t(j) * Tq + t0, dout0 + long(t0) * s.o_stride, s.o_stride, n, s.Dh, dv);
+    weighted_rows(ds_t + size_t(j) * Tq + t0, q0 + long(t0) * s.q_stride, s.q_stride, n, s.Dh, dk);
   }
 }
 
@@ -353,7 +365,7 @@ void attention_forward(const AttentionForward<T>& a) {
   check_shape(s, "attention_forward");
 #pragma omp parallel
   {
-    HeadScratch<T> scratch(s);
+    HeadScratch<T> scratch(s, false);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) forward_head(a, b, h, scratch);
@@ -367,7 +379,7 @@ void attention_backward(const AttentionBackward<T>& a) {
   AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
 #pragma omp parallel
   {
-    HeadScratch<T> scratch(s);
+    HeadScratch<T> scratch(s, true);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) backward_head(a, b, h, scratch);

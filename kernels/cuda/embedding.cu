@@ -110,8 +110,13 @@ cudaError_t stable_sort_pairs_by_key(void* temp, size_t& temp_bytes, const int32
 }
 
 // Launches the id check on `st`, runs `work` (more launches on st), then synchronises and throws on a bad id.
+// `checked`: the caller checked the ids on the host; only `work` runs (no synchronisation).
 template <class Work>
-void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char* op, Work work) {
+void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char* op, bool checked, Work work) {
+  if (checked) {
+    work();
+    return;
+  }
   int* first_bad = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&first_bad), sizeof(int), st));
   AIAYN_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f > any N
@@ -138,7 +143,7 @@ void embed_forward_impl(const EmbedForward<T, float>& a, Stream s) {
               "embed_forward: dropout needs the [B, seq_len] layout (no explicit positions, drop.seq_len == seq_len)");
   if (a.N == 0 || a.D == 0) return;
   const cudaStream_t st = as_cuda(s);
-  with_id_check(a.ids, a.N, a.V, st, "embed_forward", [&] {
+  with_id_check(a.ids, a.N, a.V, st, "embed_forward", a.ids_checked, [&] {
     cuda_detail::launch("embed_forward_kernel", embed_forward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
                         a.ids, a.table, as_device(a.out), a.positions, a.D, a.V, a.seq_len, a.scale,
                         a.add_positions, a.drop);
@@ -151,7 +156,7 @@ void embed_backward_impl(const EmbedBackward<T, float>& a, Stream s) {
   cuda_detail::check_dropout_mask(a.drop, a.N, "embed_backward");
   if (a.N == 0 || a.D == 0) return;
   const cudaStream_t st = as_cuda(s);
-  with_id_check(a.ids, a.N, a.V, st, "embed_backward", [&] {
+  with_id_check(a.ids, a.N, a.V, st, "embed_backward", a.ids_checked, [&] {
     int end_bit = 1;
     while (end_bit < 31 && (int64_t(1) << end_bit) < a.V) ++end_bit;  // ids < V < 2^end_bit
     size_t cub_bytes = 0;

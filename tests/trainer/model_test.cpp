@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <set>
+#include <string>
 
+#include "aiayn/error.hpp"
 #include "data/corpus.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "kernels/ops/adam.hpp"
@@ -155,6 +157,32 @@ TEST(Model, OverfitsOneBatchToTheLabelSmoothingFloor) {
   const double floor = -(q_hit * std::log(q_hit) + (V - 1) * q_miss * std::log(q_miss));
   EXPECT_LT(loss, floor + 0.05) << "floor " << floor;
   EXPECT_GE(loss, floor - 1e-3);
+}
+
+// Token ids are checked once per batch on the host (the embedding ops are then told not to check on the
+// device): an id outside the vocabulary is an error naming it and its index, before any work.
+TEST(Model, RejectsAnOutOfVocabularyIdWithItsIndex) {
+  const int V = 20;
+  Model<float> model(tiny_spec(false, 0.0), kernels::Device::CPU);
+  model.initialize(3);
+  Batch b = random_batch(V, {{4, 3}, {2, 5}}, 9);
+  b.src[5] = V + 7;
+  try {
+    model.forward_loss(b, 0.0f);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("source token id 27 at index 5"), std::string::npos) << e.what();
+  }
+  b = random_batch(V, {{4, 3}, {2, 5}}, 9);
+  b.tgt_in[2] = -1;
+  EXPECT_THROW(model.forward_backward(b, DropoutContext{}, 1.0f), Error);
+}
+
+// bf16 needs CUDA; asking for it on the CPU is an error, not a silent fp32 run.
+TEST(Model, Bf16OnTheCpuIsRefused) {
+  ModelSpec spec = tiny_spec(false, 0.0);
+  spec.bf16 = true;
+  EXPECT_THROW(Model<float>(spec, kernels::Device::CPU), Error);
 }
 
 }  // namespace

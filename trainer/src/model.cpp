@@ -218,8 +218,17 @@ struct Core final : Model<T>::Impl {
     }
   }
 
+  // Token ids are checked here, on the host, once per batch: the embedding ops then skip their device-side check
+  // (on CUDA a synchronisation each).
   void upload(const Batch& b) {
     const size_t Ns = static_cast<size_t>(b.B) * b.S, Nt = static_cast<size_t>(b.B) * b.T;
+    auto check_ids = [&](const std::vector<int32_t>& ids, const char* what) {
+      for (size_t i = 0; i < ids.size(); ++i)
+        AIAYN_CHECK(ids[i] >= 0 && ids[i] < V, fmt::format("model: {} token id {} at index {} is outside the "
+                                                           "vocabulary [0, {})", what, ids[i], i, V));
+    };
+    check_ids(b.src, "source");
+    check_ids(b.tgt_in, "target input");
     const size_t need = Ns + 2 * Nt + 2 * static_cast<size_t>(b.B);
     if (need > ints.size()) ints = k::DeviceArray<int32_t>(dev, need);
     if (static_cast<size_t>(b.B) > longs.size()) longs = k::DeviceArray<int64_t>(dev, b.B);
@@ -380,6 +389,7 @@ struct Core final : Model<T>::Impl {
     e.ids = ids, e.table = P(emb), e.out = out, e.N = B * len, e.D = D, e.V = V, e.seq_len = len;
     e.scale = std::sqrt(static_cast<float>(D));
     e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
+    e.ids_checked = true;  // upload()
     k::embed_forward(dev, e);
   }
   void embed_bwd(const int32_t* ids, int len, const A* dout, uint32_t stack, const DropoutContext& dc) {
@@ -387,6 +397,7 @@ struct Core final : Model<T>::Impl {
     e.ids = ids, e.dout = dout, e.dtable = G(emb), e.N = B * len, e.D = D, e.V = V;
     e.scale = std::sqrt(static_cast<float>(D));
     e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
+    e.ids_checked = true;
     k::embed_backward(dev, e);
   }
 

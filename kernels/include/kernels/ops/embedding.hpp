@@ -10,7 +10,8 @@
 // the shared matrix (the same matrix also receives the output projection's gradient):
 //   dtable[ids[n], c] += mask(dout)[n, c] * scale        mask = the same dropout map applied to dout
 // Positions have no parameters. Shapes: ids [N], table [V, D], out [N, D]. Every id must lie in [0, V)
-// (checked; throws). In bf16 precision out/dout are bf16 and table/dtable float32 (T = bf16, P = float).
+// (checked; throws; on CUDA the check synchronises the stream, unless ids_checked says the caller has done
+// it on the host). In bf16 precision out/dout are bf16 and table/dtable float32 (T = bf16, P = float).
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
@@ -30,6 +31,7 @@ struct EmbedForward {
   float scale = 1.0f;  // sqrt(D) in the model
   bool add_positions = true;
   DropoutMask drop;    // p = 0: no dropout
+  bool ids_checked = false;  // the caller has checked every id on the host: CUDA skips its check and its sync
 };
 
 template <class T, class P = T>
@@ -41,6 +43,7 @@ struct EmbedBackward {
   int N = 0, D = 0, V = 0;
   float scale = 1.0f;
   DropoutMask drop;              // the forward's mask (p = 0: none)
+  bool ids_checked = false;      // as in EmbedForward
 };
 
 namespace cpu {
