@@ -58,44 +58,39 @@ void cuda_synchronize() {
 }
 
 #if AIAYN_HAVE_CUDA
-#define AIAYN_CUDA_ONLY(call) \
-  do {                         \
-    if (d == Device::CUDA) call; \
-  } while (0)
-#else
-#define AIAYN_CUDA_ONLY(call) \
-  do {                         \
-    if (d == Device::CUDA) no_cuda_backend("streams and events"); \
-  } while (0)
-#endif
-
-Stream stream_create(Device d) {
-  Stream s = nullptr;
-  AIAYN_CUDA_ONLY(s = cuda_runtime::stream_create());
-  return s;
-}
+Stream stream_create(Device d) { return d == Device::CUDA ? cuda_runtime::stream_create() : nullptr; }
 void stream_destroy(Device d, Stream s) noexcept {
-#if AIAYN_HAVE_CUDA
   if (d == Device::CUDA && s) cuda_runtime::stream_destroy(s);
-#else
-  (void)d, (void)s;
-#endif
 }
-Event event_create(Device d) {
-  Event e = nullptr;
-  AIAYN_CUDA_ONLY(e = cuda_runtime::event_create());
-  return e;
-}
+Event event_create(Device d) { return d == Device::CUDA ? cuda_runtime::event_create() : nullptr; }
 void event_destroy(Device d, Event e) noexcept {
-#if AIAYN_HAVE_CUDA
   if (d == Device::CUDA && e) cuda_runtime::event_destroy(e);
-#else
-  (void)d, (void)e;
-#endif
 }
-void event_record(Device d, Event e, Stream s) { AIAYN_CUDA_ONLY(cuda_runtime::event_record(e, s)); }
-void stream_wait_event(Device d, Stream s, Event e) { AIAYN_CUDA_ONLY(cuda_runtime::stream_wait_event(s, e)); }
-#undef AIAYN_CUDA_ONLY
+void event_record(Device d, Event e, Stream s) {
+  if (d == Device::CUDA) cuda_runtime::event_record(e, s);
+}
+void stream_wait_event(Device d, Stream s, Event e) {
+  if (d == Device::CUDA) cuda_runtime::stream_wait_event(s, e);
+}
+#else
+// Without the CUDA backend only the CPU's null handles exist; asking for CUDA ones is the caller's error.
+Stream stream_create(Device d) {
+  if (d == Device::CUDA) no_cuda_backend("stream_create");
+  return nullptr;
+}
+void stream_destroy(Device, Stream) noexcept {}
+Event event_create(Device d) {
+  if (d == Device::CUDA) no_cuda_backend("event_create");
+  return nullptr;
+}
+void event_destroy(Device, Event) noexcept {}
+void event_record(Device d, Event, Stream) {
+  if (d == Device::CUDA) no_cuda_backend("event_record");
+}
+void stream_wait_event(Device d, Stream, Event) {
+  if (d == Device::CUDA) no_cuda_backend("stream_wait_event");
+}
+#endif
 
 void set_cpu_threads(int n) {
   AIAYN_CHECK(n >= 1, "set_cpu_threads: need at least one thread");
