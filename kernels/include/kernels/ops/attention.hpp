@@ -73,6 +73,15 @@ void attention_forward(const AttentionForward<float>& a, Stream s);
 void attention_backward(const AttentionBackward<float>& a, Stream s);
 void attention_forward(const AttentionForward<bf16>& a, Stream s);
 void attention_backward(const AttentionBackward<bf16>& a, Stream s);
+// The CUDA backward has two implementations with the same results up to FMA contraction: PerHead, one kernel
+// with one block per (head, sentence) holding the head's rows in shared memory, for short sequences (Tq, Tk
+// <= 128 and the rows within the device's shared memory, see attention_backward_per_head_fits), and Tiled,
+// three kernels over query and key tiles, for any length. Auto (the two-argument form) takes PerHead where it
+// fits; asking for PerHead where it does not throws. The explicit forms are for tests and benchmarks.
+enum class AttentionBackwardPath { Auto, PerHead, Tiled };
+void attention_backward(const AttentionBackward<float>& a, AttentionBackwardPath path, Stream s);
+void attention_backward(const AttentionBackward<bf16>& a, AttentionBackwardPath path, Stream s);
+bool attention_backward_per_head_fits(int Tq, int Tk, int Dh);  // on the current device
 }  // namespace cuda
 
 template <class T> void attention_forward(Device d, const AttentionForward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(attention_forward, d, a, s); }
