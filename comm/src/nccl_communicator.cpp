@@ -200,7 +200,8 @@ bool nccl_compiled() { return true; }
 #else  // !AIAYN_HAVE_NCCL
 
 std::unique_ptr<Communicator> make_nccl_communicator(int, double) {
-  AIAYN_FAIL("the NCCL communicator is unavailable: aiayn was built without CUDA/NCCL (use the mpi backend)");
+  AIAYN_FAIL("the NCCL communicator is unavailable: this build has no NCCL (built without CUDA/NCCL, or the CUDA "
+             "emulator's test build; use the mpi backend)");
 }
 bool nccl_compiled() { return false; }
 

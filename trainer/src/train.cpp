@@ -228,12 +228,13 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
   // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
-  // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL).
+  // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL). NCCL needs
+  // the MPI session (its id travels by MPI_Bcast): a plain process, one rank, keeps the local communicator.
   std::unique_ptr<comm::Communicator> nccl;
   const char* grad_comm = std::getenv("AIAYN_GRADIENT_COMM");
   const bool want_nccl = !(grad_comm && std::string(grad_comm) == "mpi");
   on_all_ranks(comm, [&] {
-    if (device == k::Device::CUDA && comm.backend() != comm::Backend::NCCL && want_nccl && comm::nccl_compiled())
+    if (device == k::Device::CUDA && comm.backend() == comm::Backend::MPI && want_nccl && comm::nccl_compiled())
       nccl = comm::make_nccl_communicator(comm.local_rank());
   });
   comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;

@@ -475,7 +475,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
         if (relu) v = v > 0.0 ? v : 0.0;
         store(D, dl->type, i + j * size_t(dl->ld), v);
       }
-    if (workspaceSizeInBytes > 0) std::memset(workspace, 0xff, workspaceSizeInBytes);  // scratch holds garbage after
+    // Scratch holds garbage after: the part the algorithm asked for, all that cuBLASLt may write (poisoning the
+    // whole 32 MiB the caller offers cost more than the product, and kept all its pages mapped for mprotect).
+    if (al->workspace > 0) std::memset(workspace, 0xff, al->workspace);
     access.close();
   } catch (const std::exception& e) {
     return fail(CUBLAS_STATUS_EXECUTION_FAILED, e.what());
