@@ -106,20 +106,7 @@ if [[ $dry == 1 ]]; then
   export OMP_WAIT_POLICY=passive
 fi
 
-# env: the GPU, the bundle, libraries, PyTorch.
-gpu=0
-if [[ $dry == 0 ]] && command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi -L >"$logs/nvidia-smi.txt" 2>&1 &&
-   grep -q '^GPU' "$logs/nvidia-smi.txt"; then
-  gpu=1
-  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu \
-    --format=csv >>"$logs/nvidia-smi.txt" 2>&1
-  timeout 20 nvidia-smi >>"$logs/nvidia-smi.txt" 2>&1
-  head -n 3 "$logs/nvidia-smi.txt"
-fi
-if [[ $dry == 0 && $gpu == 0 ]]; then
-  echo "check: no GPU found (nvidia-smi -L); use --dry-run on a machine without one" >&2
-fi
-gpu_name=$(grep -m1 '^GPU 0' "$logs/nvidia-smi.txt" 2>/dev/null | sed 's/ (UUID.*//; s/^GPU 0: //')
+# env: PyTorch, the GPU, the bundle, libraries.
 # PyTorch: the first python3 that imports torch (the device's python3 does; here it may be Debian's /usr/bin/python3).
 have_torch=0 torch_info="torch not importable" torch_py=""
 for p in ${CHECK_TORCH_PYTHON:-} "$py" /usr/bin/python3; do
@@ -129,6 +116,25 @@ for p in ${CHECK_TORCH_PYTHON:-} "$py" /usr/bin/python3; do
     break
   fi
 done
+gpu=0
+if [[ $dry == 0 ]] && command -v nvidia-smi >/dev/null && timeout 20 nvidia-smi -L >"$logs/nvidia-smi.txt" 2>&1 &&
+   grep -q '^GPU' "$logs/nvidia-smi.txt"; then
+  gpu=1
+  timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm,power.draw,temperature.gpu \
+    --format=csv >>"$logs/nvidia-smi.txt" 2>&1
+  timeout 20 nvidia-smi >>"$logs/nvidia-smi.txt" 2>&1
+  head -n 3 "$logs/nvidia-smi.txt"
+fi
+if [[ $dry == 0 && $gpu == 0 && $torch_info == *" cuda ("* ]]; then
+  gpu=1  # no usable nvidia-smi, but PyTorch sees a GPU
+  echo "check: nvidia-smi -L found no GPU, PyTorch does: going on" >&2
+fi
+no_gpu_msg=""
+if [[ $dry == 0 && $gpu == 0 ]]; then
+  no_gpu_msg="NO GPU FOUND (nvidia-smi -L, torch.cuda); "
+  echo "check: no GPU found (nvidia-smi -L, torch); the CUDA stages fail; use --dry-run on a machine without one" >&2
+fi
+gpu_name=$(grep -m1 '^GPU 0' "$logs/nvidia-smi.txt" 2>/dev/null | sed 's/ (UUID.*//; s/^GPU 0: //')
 bundle_ok=0
 if [[ ! -e $bundle/bin/aiayn.xz && ! -x $bundle/bin/aiayn ]]; then
   skip env "no gpu-bundle/ (run tests/gpu/make_bundle.sh here and carry gpu-bundle)"
@@ -149,10 +155,10 @@ else
   version=$(timeout 20 "$AIAYN_BUNDLE_BIN/aiayn" --version 2>&1 | head -n 1)
   facts="$version; gpu=${gpu_name:-none}; cuda libs: ${AIAYN_CUDA_LIBDIRS:-none}; $torch_info"
   if [[ -z $missing && $version == aiayn* ]]; then
-    record env ok "$(elapsed)" "$facts"
     bundle_ok=1
+    record env "$([[ -z $no_gpu_msg ]] && echo ok || echo FAIL)" "$(elapsed)" "$no_gpu_msg$facts"
   else
-    record env FAIL "$(elapsed)" "unresolved: ${missing:-none}; $facts"
+    record env FAIL "$(elapsed)" "${no_gpu_msg}unresolved: ${missing:-none}; $facts"
   fi
 fi
 
@@ -170,21 +176,16 @@ gtest_stage() {
   if ! want tests; then return; fi
   if [[ $bundle_ok == 0 ]]; then skip "$name" "bundle unusable"; return; fi
   run_stage "$name" "$max" "$bin/$prog" --gtest_color=no --gtest_output="xml:$logs/$name.xml"
-  local o=$logs/$name.out status=$stage_status
-  local passed skipped failed names
-  passed=$(sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$o" | tail -n 1)
-  skipped=$(sed -n 's/^\[  SKIPPED \] \([0-9]*\) test.*/\1/p' "$o" | tail -n 1)
-  failed=$(sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$o" | tail -n 1)
-  names=$(grep -E '^\[  FAILED  \] [A-Za-z]' "$o" | grep -v ' listed below' | awk '{print $4}' | tr -d ',' |
-          sort -u | head -n 12 | tr '\n' ' ')
-  local detail="passed ${passed:-0}, failed ${failed:-0}, skipped ${skipped:-0}${names:+; failed: $names}"
-  if [[ $stage_rc == 0 && $on_gpu == 1 && ( ${skipped:-0} != 0 || ${passed:-0} == 0 ) ]]; then
+  local status=$stage_status detail
+  detail=$(report gtest "$logs/$name.out")
+  local passed=${detail#passed } skipped=${detail#*skipped }
+  passed=${passed%%,*} skipped=${skipped%%[;,]*}
+  if [[ $stage_rc == 0 && $on_gpu == 1 && ( $skipped != 0 || $passed == 0 ) ]]; then
     status="FAIL: skipped on the GPU"
-    detail="$detail; $(grep -m1 -o 'no GPU: .*' "$o")"
   elif [[ $stage_rc == 0 && $on_gpu == 0 ]]; then
     status="skipped: $nogpu"
     detail="$detail (binary runs; each test skips itself)"
-  elif [[ $stage_rc != 0 && -z $passed$failed ]]; then
+  elif [[ $stage_rc != 0 && $detail == *"no gtest summary"* ]]; then
     detail="$detail; $(tail_of "$name")"
   fi
   record "$name" "$status" "$stage_s" "$detail"

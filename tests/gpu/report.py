@@ -11,6 +11,7 @@ Standard library only (it runs under the device image's python3 and under any De
   report.py bench RESULTS ROW STATUS SECONDS DETAIL OUT DTYPE STRICT
                                                              one bench row (the bench's JSON line from OUT)
   report.py profile RESULTS ERRFILE TOP                      the per-op table of `aiayn bench --profile`
+  report.py gtest OUTFILE                                    passed/failed/skipped of a gtest run, cut short or not
   report.py table RESULTS TOTAL_S DRY                        the tables printed last
 
 compare-* exit 0 when within the bound, 1 when not (or nothing to compare); they print one line.
@@ -184,6 +185,43 @@ def cmd_bench(results, row, status, seconds, detail, outfile, dtype, strict):
     print(f"{d['status']}  {shown[:300]}")
 
 
+def cmd_gtest(outfile):
+    """Counts from a gtest run's output, also when it was cut short (timeout, crash): passed, failed, skipped,
+    the failed tests' names, the test that was running when the output ends, the first skip reason.
+    Prints one line; exit 0 when the summary line ('[==========] N tests ... ran.') is there."""
+    try:
+        lines = open(outfile, errors="replace").read().splitlines()
+    except OSError:
+        lines = []
+    ok, failed, skipped, running, reason = [], [], [], None, ""
+    summary = any(re.match(r"^\[==========\] \d+ tests? from .* ran\.", l) for l in lines)
+    for l in lines:
+        m = re.match(r"^\[ *(RUN|OK|FAILED|SKIPPED) *\] (\S+)", l)
+        if not m:
+            if not reason and "no GPU: " in l:
+                reason = l[l.index("no GPU: "):][:160]
+            continue
+        kind, name = m.group(1).strip(), m.group(2).rstrip(",")
+        if kind == "RUN":
+            running = name
+            continue
+        if name != running:  # the summary's repeated list ("[  FAILED  ] X, where GetParam() = ...")
+            continue
+        {"OK": ok, "FAILED": failed, "SKIPPED": skipped}[kind].append(name)
+        running = None
+    parts = [f"passed {len(ok)}, failed {len(failed)}, skipped {len(skipped)}"]
+    if failed:
+        parts.append("failed: " + " ".join(failed[:12]) + (f" (+{len(failed) - 12})" if len(failed) > 12 else ""))
+    if running:
+        parts.append(f"running when the output ends: {running}")
+    if skipped and reason:
+        parts.append(reason)
+    if not summary:
+        parts.append("no gtest summary")
+    print("; ".join(parts))
+    return 0 if summary else 1
+
+
 PROFILE_RE = re.compile(r"^(\S.*?)\s+(\d+)\s+([0-9.]+)\s+([0-9.]+)%\s*$")
 TOTAL_RE = re.compile(r"^all ops\s+([0-9.]+)\s*$")
 
@@ -295,7 +333,7 @@ def cmd_table(results, total, dry):
 def main(argv):
     cmds = {"record": cmd_record, "metrics": cmd_metrics, "compare-losses": cmd_compare_losses,
             "compare-valid": cmd_compare_valid, "buckets": cmd_buckets, "bench": cmd_bench,
-            "profile": cmd_profile, "table": cmd_table}
+            "profile": cmd_profile, "table": cmd_table, "gtest": cmd_gtest}
     if len(argv) < 2 or argv[1] not in cmds:
         print(__doc__, file=sys.stderr)
         return 2
