@@ -6,8 +6,9 @@
 #
 #   AIAYN_BUNDLE=/path/to/gpu-bundle source tests/gpu/env.sh     (default: gpu-bundle/ in the repository)
 #
-# Sets AIAYN_BUNDLE, AIAYN_BUNDLE_LIBS (the unpacked .xz libraries), PATH, LD_LIBRARY_PATH, OPAL_*, PMIX_*, OMPI_MCA_*, PMIX_MCA_*, HWLOC_PLUGINS_PATH and
-# prints what it could not find on stderr. AIAYN_CUDA_LIBDIRS lists the CUDA folders it put on the path.
+# Sets AIAYN_BUNDLE, AIAYN_BUNDLE_LIBS (the unpacked .xz libraries), AIAYN_BUNDLE_BIN (the programs: aiayn,
+# cuda_ops_test, cuda_model_test, mpirun), PATH, LD_LIBRARY_PATH, OPAL_*, PMIX_*, OMPI_MCA_*, PMIX_MCA_*,
+# HWLOC_PLUGINS_PATH and prints what it could not find on stderr. AIAYN_CUDA_LIBDIRS lists the CUDA folders it put on the path.
 _aiayn_here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export AIAYN_BUNDLE=${AIAYN_BUNDLE:-$(cd "$_aiayn_here/../.." && pwd)/gpu-bundle}
 _b=$AIAYN_BUNDLE
@@ -36,29 +37,39 @@ EOF
 done
 export AIAYN_CUDA_LIBDIRS
 
-# The bundle's large libraries travel as .xz (make_bundle.sh): unpack them once into a cache folder outside
-# the bundle, keyed by the bundle's MANIFEST.txt, so the bundle itself never grows.
+# The bundle's large libraries and its programs (aiayn, the CUDA tests) travel as .xz (make_bundle.sh): unpack
+# them once into a cache folder outside the bundle, keyed by the bundle's MANIFEST.txt, so the bundle itself
+# never grows: libraries into AIAYN_BUNDLE_LIBS, programs into AIAYN_BUNDLE_BIN (an uncompressed bin/NAME in
+# the bundle is used as it is).
 _key=$(cksum <"$_b/MANIFEST.txt" 2>/dev/null | cut -d' ' -f1)
 export AIAYN_BUNDLE_LIBS=${AIAYN_BUNDLE_CACHE:-${TMPDIR:-/tmp}/aiayn-gpu-bundle-$(id -u)}/${_key:-nokey}
-for _x in "$_b"/lib/*.xz "$_b"/lib/compat/*.xz; do
+export AIAYN_BUNDLE_BIN=$AIAYN_BUNDLE_LIBS/bin
+for _x in "$_b"/lib/*.xz "$_b"/lib/compat/*.xz "$_b"/bin/*.xz; do
   [[ -e $_x ]] || continue
-  _rel=${_x#"$_b/lib/"}; _dst=$AIAYN_BUNDLE_LIBS/${_rel%.xz}
+  case $_x in
+    "$_b"/bin/*) _dst=$AIAYN_BUNDLE_BIN/$(basename "${_x%.xz}") ;;
+    *) _rel=${_x#"$_b/lib/"}; _dst=$AIAYN_BUNDLE_LIBS/${_rel%.xz} ;;
+  esac
   [[ -s $_dst ]] && continue
   mkdir -p "$(dirname "$_dst")"
   if command -v xz >/dev/null; then xz -dc "$_x" >"$_dst.tmp.$$"
   else python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], "wb"))' "$_x" "$_dst.tmp.$$"
-  fi && mv -f "$_dst.tmp.$$" "$_dst" || echo "env.sh: could not unpack $_x" >&2
+  fi && chmod "$([[ $_x == "$_b"/bin/* ]] && echo 755 || echo 644)" "$_dst.tmp.$$" && mv -f "$_dst.tmp.$$" "$_dst" ||
+    { rm -f "$_dst.tmp.$$"; echo "env.sh: could not unpack $_x" >&2; }
 done
-mkdir -p "$AIAYN_BUNDLE_LIBS/compat"
+mkdir -p "$AIAYN_BUNDLE_LIBS/compat" "$AIAYN_BUNDLE_BIN"
+for _x in "$_b"/bin/*; do  # programs shipped uncompressed win over the cache
+  [[ -f $_x && -x $_x && $_x != *.xz ]] && ln -sf "$_x" "$AIAYN_BUNDLE_BIN/$(basename "$_x")"
+done
 
 _libs=$_b/lib:$AIAYN_BUNDLE_LIBS
 export LD_LIBRARY_PATH=$_libs${AIAYN_CUDA_LIBDIRS:+:$AIAYN_CUDA_LIBDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # libstdc++ / libgcc_s from the build machine only where this machine's own do not satisfy the binaries.
-if [[ -x $_b/bin/aiayn ]] && ldd "$_b/bin/aiayn" 2>&1 | grep -Eq 'lib(stdc\+\+|gcc_s)[^ ]* => not found|GLIBCXX_[0-9.]+. not found|GCC_[0-9.]+. not found'; then
+if [[ -x $AIAYN_BUNDLE_BIN/aiayn ]] && ldd "$AIAYN_BUNDLE_BIN/aiayn" 2>&1 | grep -Eq 'lib(stdc\+\+|gcc_s)[^ ]* => not found|GLIBCXX_[0-9.]+. not found|GCC_[0-9.]+. not found'; then
   export LD_LIBRARY_PATH=$_libs:$_b/lib/compat:$AIAYN_BUNDLE_LIBS/compat${LD_LIBRARY_PATH#"$_libs"}
   echo "env.sh: using the bundle's libstdc++/libgcc_s (lib/compat)" >&2
 fi
-export PATH=$_b/bin:$PATH
+export PATH=$AIAYN_BUNDLE_BIN:$_b/bin:$PATH
 
 # Open MPI 4.1 (opal installdirs "env" component): every install folder, so nothing under /usr is looked at.
 export OPAL_PREFIX=$_b/ompi OPAL_EXEC_PREFIX=$_b/ompi

@@ -5,7 +5,8 @@
 # CUDA 13, the driver, PyTorch and Python but none of Debian's libraries (Open MPI, HDF5, spdlog, fmt,
 # SentencePiece, yaml-cpp, OpenBLAS).
 #
-#   tests/gpu/make_bundle.sh              build (build-gpu/, AIAYN_CUDA=ON) then assemble gpu-bundle/
+#   tests/gpu/make_bundle.sh              build (build-gpu/, AIAYN_CUDA=ON; aiayn, cuda_ops_test, cuda_model_test)
+#                                         then assemble gpu-bundle/
 #   tests/gpu/make_bundle.sh --no-build   assemble from an existing build
 #
 # Left out on purpose: glibc (libc, libm, libpthread, libdl, librt, ld-linux, ...) and the CUDA toolkit and
@@ -23,9 +24,10 @@ pmix_root=$multiarch/pmix2
 
 if [[ ${1:-} != --no-build ]]; then
   AIAYN_BUILD_DIR=$build AIAYN_CUDA=ON AIAYN_JOBS=${AIAYN_JOBS:-2} nice -n 10 "$root/launch/build.sh" \
-    --target aiayn cuda_ops_test
+    --target aiayn cuda_ops_test cuda_model_test
 fi
-for f in "$build/aiayn" "$build/tests/cuda/cuda_ops_test"; do
+tests=(cuda_ops_test cuda_model_test)
+for f in "$build/aiayn" "${tests[@]/#/$build/tests/cuda/}"; do
   [[ -x $f ]] || { echo "make_bundle: $f is missing (build first, or drop --no-build)" >&2; exit 1; }
 done
 grep -q '^AIAYN_CUDA:STRING=ON$' "$build/CMakeCache.txt" || { echo "make_bundle: $build is not a CUDA build" >&2; exit 1; }
@@ -72,9 +74,9 @@ bundle_deps_of() {
   while read -r name path; do copy_lib "$name" "$path"; done < <(deps "$1")
 }
 
-# 1. The binaries.
-cp "$build/aiayn" "$build/tests/cuda/cuda_ops_test" "$out/bin/"
-for b in aiayn cuda_ops_test; do bundle_deps_of "$out/bin/$b"; done
+# 1. The binaries: aiayn and the two CUDA test programs (ops against the CPU; the whole model against the CPU).
+cp "$build/aiayn" "${tests[@]/#/$build/tests/cuda/}" "$out/bin/"
+for b in aiayn "${tests[@]}"; do bundle_deps_of "$out/bin/$b"; done
 
 # 2. OpenBLAS, loaded with dlopen at run time (kernels/cpu/blas.cpp), so invisible to ldd: the real file.
 openblas=$(readlink -f "$multiarch/libopenblas.so.0")
@@ -113,7 +115,7 @@ cp "$root/../shared/bench/torch_baseline.py" "$out/torch_baseline.py"
 for f in "$out"/lib/*.so* "$out"/lib/compat/*.so*; do bundle_deps_of "$f"; done
 
 # 6. Strip symbols (debug info and symbol tables) from the copies; the build keeps its own.
-strip --strip-unneeded "$out"/bin/aiayn "$out"/bin/cuda_ops_test "$out"/lib/*.so* "$out"/lib/compat/*.so* \
+strip --strip-unneeded "$out"/bin/aiayn "${tests[@]/#/$out/bin/}" "$out"/lib/*.so* "$out"/lib/compat/*.so* \
   "$out"/ompi/lib/openmpi3/*.so "$out"/pmix/lib/pmix/*.so 2>/dev/null || true
 
 # 7. The libraries over 1 MiB travel xz-compressed (OpenBLAS alone is 36 MiB, 4 compressed): the working tree
@@ -123,12 +125,17 @@ for f in "$out"/lib/*.so* "$out"/lib/compat/*.so*; do
   [[ $f == *.xz ]] && continue
   if (( $(stat -c %s "$f") > 1048576 )); then xz -6 -T2 "$f"; fi
 done
+# So do aiayn and the test programs (15 MiB, 3 compressed); env.sh unpacks them into AIAYN_BUNDLE_BIN beside
+# the libraries. mpirun/orterun stay as they are in bin/ (Open MPI's OPAL_BINDIR).
+xz -6 -T2 "$out"/bin/aiayn "${tests[@]/#/$out/bin/}"
 
 {
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname) from $(git -C "$root" rev-parse --short HEAD)$(git -C "$root" diff --quiet HEAD || echo '+dirty')"
   echo "build dir: $build"
   echo "openblas: $openblas"
   echo "open mpi plugins left out (need InfiniBand/UCX/libfabric/PSM/OpenSHMEM): ${skipped_plugins[*]:-none}"
+  echo "programs:"
+  (cd "$out/bin" && find . -maxdepth 1 -type f -printf '%P %s\n' | sort | awk '{printf "  %-40s %9d bytes\n", $1, $2}')
   echo "libraries:"
   (cd "$out/lib" && find . -maxdepth 2 -type f -name '*.so*' -printf '%P %s\n' | sort | awk '{printf "  %-40s %9d bytes\n", $1, $2}')
 } >"$out/MANIFEST.txt"
