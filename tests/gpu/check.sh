@@ -289,8 +289,11 @@ if want train; then
     [[ $stage_rc == 0 && $ref_ok == 1 ]] && compare mpi2-vs-1 "$ref" mpi-2 compare-losses 100 "$FP32_LOSS_LIMIT"
 
     if [[ $on_gpu == 1 ]]; then
-      # 1 rank, gradients by a NCCL communicator of one, in small buckets on the reducer's own stream.
-      train_stage nccl-1 60 100 --set device=cuda --set precision=fp32 "${small_buckets[@]}"
+      # 1 rank, gradients by a NCCL communicator of one, in small buckets on the reducer's own stream. Under
+      # mpirun: NCCL's id travels by MPI, so a plain process keeps the local communicator (no NCCL at all).
+      launch=("${mpirun_cmd[@]}" -np 1)
+      train_stage nccl-1 60 100 AIAYN_GRADIENT_COMM=nccl -- --set device=cuda --set precision=fp32 "${small_buckets[@]}"
+      launch=()
       status=$stage_status
       if [[ $stage_rc == 0 ]] && ! grep -q "1 rank(s), device cuda, gradients by nccl" "$work/runs/nccl-1/log/rank-0.log"; then
         status="FAIL: not '1 rank(s), device cuda, gradients by nccl'"
