@@ -12,7 +12,7 @@ packages=(
   libyaml-cpp-dev
   libcli11-dev
   nlohmann-json3-dev
-  libopenblas0-pthread
+  libopenblas0-pthread libdnnl2
   zlib1g-dev
   libgtest-dev libgmock-dev
 )

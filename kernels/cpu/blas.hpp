@@ -28,7 +28,13 @@ void blas_gemm(bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int l
 template <class T>
 void apply_epilogue(const GemmEpilogue<T>& e, T* c, int ldc, int r0, int r1, int c0, int c1);
 
-// "libopenblas.so.0 (core SkylakeX, OPENBLAS_CORETYPE=SKYLAKEX set by aiayn)": for logs. Loads the library.
+// float: oneDNN's dnnl_sgemm when libdnnl.so.2 is present (AIAYN_CPU_SGEMM=openblas|onednn overrides), else
+// OpenBLAS (blas.cpp says why). For tests: whether oneDNN is loaded, and switching float products between them.
+bool onednn_sgemm_available();
+void use_onednn_sgemm(bool on);
+
+// "libopenblas.so.0 (core SkylakeX, OPENBLAS_CORETYPE=SKYLAKEX set by aiayn); sgemm by oneDNN (libdnnl.so.2)":
+// for logs. Loads the libraries.
 std::string blas_description();
 
 }  // namespace aiayn::kernels::cpu

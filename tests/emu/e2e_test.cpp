@@ -142,7 +142,7 @@ std::map<std::string, int> EmuEndToEnd::runs_;
 // (a) fp32 on the emulated GPU against the CPU: the same dropout masks (one hash on both backends) and the same
 // batches, kernels that differ from the CPU's only in summation order (and float vs double in LayerNorm
 // statistics and cross-entropy sums): the losses agree to 1e-4 relative at every step, validation too, and the
-// state to 1e-5. Measured: 9e-9 (training losses), 3e-9 (validation), 8e-7 (parameters and moments, L2).
+// state to 1e-5 at step 10 and 1e-4 at step 20 (below). Measured: 5e-7 (training losses), 2e-7 (validation).
 TEST_F(EmuEndToEnd, Fp32TrainingOnTheEmulatedGpuFollowsTheCpu) {
   ASSERT_NO_FATAL_FAILURE(cpu_fp32());
   ASSERT_NO_FATAL_FAILURE(emu_fp32());
@@ -156,10 +156,18 @@ TEST_F(EmuEndToEnd, Fp32TrainingOnTheEmulatedGpuFollowsTheCpu) {
   for (size_t i = 0; i < vc.size(); ++i) EXPECT_LT(std::fabs(vg[i] - vc[i]) / vc[i], 1e-4) << "validation " << i;
   const double params = relative_l2(checkpoint_tensors(checkpoint(dir("emu_fp32"), kSteps), true),
                                     checkpoint_tensors(checkpoint(dir("cpu"), kSteps), true));
+  const double params10 = relative_l2(checkpoint_tensors(checkpoint(dir("emu_fp32"), 10), true),
+                                      checkpoint_tensors(checkpoint(dir("cpu"), 10), true));
   std::printf("fp32 emulated GPU vs CPU: loss %.4f -> %.4f, largest relative difference %.2e (training), %.2e "
-              "(validation); parameters and Adam moments at step %d: %.2e relative (L2)\n",
-              cpu.front(), cpu.back(), max_relative(gpu, cpu), max_relative(vg, vc), kSteps, params);
-  EXPECT_LT(params, 1e-5);  // the bound of the CPU's 1-vs-2-rank test (train_test.cpp)
+              "(validation); parameters and Adam moments: %.2e at step 10, %.2e at step %d (relative L2)\n",
+              cpu.front(), cpu.back(), max_relative(gpu, cpu), max_relative(vg, vc), params10, params, kSteps);
+  // Summation order alone keeps the state within 1e-5 while the runs are young; later a ReLU input that sits
+  // at zero flips in one run and not the other and Adam turns its first gradient into a full-size step, so the
+  // state drifts apart the way train_test.cpp's GradientAccumulationTakesTheSameSteps describes: its 1e-4.
+  // Measured with the CPU's sgemm by oneDNN: 8.5e-7 at step 10, 5.1e-5 at step 20; by OpenBLAS 8e-7 at step 20
+  // (the two libraries are equally accurate per product: ~3e-7 relative L2 against double on these shapes).
+  EXPECT_LT(params10, 1e-5);
+  EXPECT_LT(params, 1e-4);
   // One rank, a plain process: the local communicator (no NCCL, no MPI).
   EXPECT_NE(read_file(dir("emu_fp32") + "/log/rank-0.log").find("1 rank(s), device cuda, gradients by local,"),
             std::string::npos) << read_file(dir("emu_fp32") + "/log/rank-0.log");

@@ -11,6 +11,7 @@
 #include "kernel_test_util.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "kernels/ops.hpp"
+#include "blas.hpp"
 #include "kernels/positional.hpp"
 
 namespace aiayn::kernels {
@@ -56,14 +57,30 @@ void check_gemm(bool ta, bool tb, int m, int n, int k, bool bias, bool relu, flo
     for (int j = n; j < ldc; ++j) ASSERT_EQ(C[size_t(i) * ldc + j], C0[size_t(i) * ldc + j]);
 }
 
+// The float products run on oneDNN's sgemm where libdnnl.so.2 is present, else OpenBLAS's (cpu/blas.cpp): the
+// tests below check every library this machine has.
+std::vector<bool> sgemm_libraries() {
+  std::vector<bool> onednn = {false};
+  if (cpu::onednn_sgemm_available()) onednn.push_back(true);
+  return onednn;
+}
+
+struct SgemmLibrary {
+  explicit SgemmLibrary(bool onednn) { cpu::use_onednn_sgemm(onednn); }
+  ~SgemmLibrary() { cpu::use_onednn_sgemm(true); }
+};
+
 TEST(Gemm, AllTransposesBiasReluFloatAndDouble) {
   const int shapes[][3] = {{1, 1, 1}, {3, 5, 7}, {17, 1, 9}, {33, 65, 31}, {4, 3, 0}};
+  for (bool onednn : sgemm_libraries())
   for (auto& s : shapes)
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb)
         for (int epi = 0; epi < 4; ++epi) {
           const bool bias = epi & 1, relu = epi & 2;
           const float beta = epi == 3 ? 1.0f : 0.0f;
+          SCOPED_TRACE(onednn ? "sgemm by oneDNN" : "sgemm by OpenBLAS");
+          const SgemmLibrary lib(onednn);
           check_gemm<float>(ta, tb, s[0], s[1], s[2], bias, relu, beta);
           check_gemm<double>(ta, tb, s[0], s[1], s[2], bias, relu, beta);
         }
@@ -75,9 +92,12 @@ TEST(Gemm, SplitOverThreadsByRowsAndByColumns) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(3);
   const int shapes[][3] = {{133, 97, 83}, {97, 133, 83}, {1100, 7, 137}, {7, 1100, 137}};
+  for (bool onednn : sgemm_libraries())
   for (auto& s : shapes)
     for (int ta = 0; ta < 2; ++ta)
       for (int tb = 0; tb < 2; ++tb) {
+        SCOPED_TRACE(onednn ? "sgemm by oneDNN" : "sgemm by OpenBLAS");
+        const SgemmLibrary lib(onednn);
         check_gemm<float>(ta, tb, s[0], s[1], s[2], /*bias=*/true, /*relu=*/false, 1.0f);
         check_gemm<double>(ta, tb, s[0], s[1], s[2], /*bias=*/false, /*relu=*/true, 0.0f);
       }
@@ -85,11 +105,22 @@ TEST(Gemm, SplitOverThreadsByRowsAndByColumns) {
 }
 
 TEST(Gemm, BetaZeroIgnoresNaNInC) {
-  std::vector<float> a = {1, 2}, b = {3, 4}, c = {std::numeric_limits<float>::quiet_NaN()};
-  GemmArgs<float> g;
-  g.m = 1, g.n = 1, g.k = 2, g.a = a.data(), g.lda = 2, g.b = b.data(), g.ldb = 1, g.c = c.data(), g.ldc = 1;
-  cpu::gemm(g);
-  EXPECT_EQ(c[0], 11.0f);
+  for (bool onednn : sgemm_libraries()) {
+    const SgemmLibrary lib(onednn);
+    std::vector<float> a = {1, 2}, b = {3, 4}, c = {std::numeric_limits<float>::quiet_NaN()};
+    GemmArgs<float> g;
+    g.m = 1, g.n = 1, g.k = 2, g.a = a.data(), g.lda = 2, g.b = b.data(), g.ldb = 1, g.c = c.data(), g.ldc = 1;
+    cpu::gemm(g);
+    EXPECT_EQ(c[0], 11.0f) << (onednn ? "oneDNN" : "OpenBLAS");
+    // A big product too (each library has its own path for small ones).
+    const int m = 300, n = 200, k = 64;
+    std::vector<float> A(size_t(m) * k, 1.0f), B(size_t(k) * n, 0.5f), C(size_t(m) * n, std::numeric_limits<float>::quiet_NaN());
+    GemmArgs<float> big;
+    big.m = m, big.n = n, big.k = k, big.a = A.data(), big.lda = k, big.b = B.data(), big.ldb = n, big.c = C.data();
+    big.ldc = n;
+    cpu::gemm(big);
+    for (float x : C) ASSERT_EQ(x, 32.0f) << (onednn ? "oneDNN" : "OpenBLAS");
+  }
 }
 
 TEST(Elementwise, AddReluBackwardBiasGrad) {
