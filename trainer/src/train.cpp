@@ -381,10 +381,11 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   // With one shard per rank the last backward pass of a step starts the all-reduce bucket by bucket as it
   // finishes them (on a GPU with NCCL, beside the rest of the pass); several shards are summed locally first.
   const bool overlap = shards_per_rank == 1 && grad_comm_ref.size() > 1;
-  bool poison_this_step = false, logged_buckets = false;
+  bool poison_this_step = false, poisoned = false, logged_buckets = false;
   auto poison_grads = [&] {
     const float nan = std::nanf("");
     k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
+    poisoned = true;
   };
   const Model<float>::GradsReady on_grads_ready = [&](size_t begin, size_t end) {
     if (poison_this_step && begin == 0) poison_grads();  // test-only, as if the backward pass produced it
@@ -413,7 +414,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
     try {
       reducer.begin_step();
-      poison_this_step = inject_nan_here(rank, this_step);
+      poison_this_step = inject_nan_here(rank, this_step), poisoned = false;
       // This rank's shards, each computed on its own and combined pairwise (see ShardSums).
       for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
         if (v > first_shard) model.zero_grads();
@@ -427,7 +428,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
         if (shards_per_rank > 1) shard_sums.push(model.grads());
       }
       if (shards_per_rank > 1) shard_sums.finish(model.grads());
-      if (poison_this_step && reducer.started_early() == 0) poison_grads();
+      if (poison_this_step && !poisoned) poison_grads();
 
       // ---- all-reduce gradients (what the backward pass has not started yet), agree on statistics and faults ----
       reducer.finish();
