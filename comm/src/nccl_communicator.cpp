@@ -15,6 +15,7 @@
 #include <nccl.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <thread>
 
@@ -57,13 +58,18 @@ class NcclCommunicator final : public Communicator {
   void check_nccl(ncclResult_t r, const char* call);
   // Waits until the communicator has no operation in progress (non-blocking calls complete asynchronously).
   void wait_ready(const char* call, Clock::time_point deadline);
-  std::string prefix() const { return "rank " + std::to_string(host_->rank()) + ": "; }
 
   std::unique_ptr<detail::MpiCommunicator> host_;
   ncclComm_t comm_ = nullptr;
   int device_ = 0;
   std::chrono::duration<double> timeout_;
 };
+
+std::string seconds(std::chrono::duration<double> d) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%g s", d.count());
+  return text;
+}
 
 std::string nccl_error_text(ncclComm_t comm, ncclResult_t r) {
   std::string text = ncclGetErrorString(r);
@@ -79,7 +85,7 @@ void NcclCommunicator::fail(const std::string& call, const std::string& why) {
     ncclCommAbort(comm_);  // frees the communicator and unblocks any kernel still waiting for peers
     comm_ = nullptr;
   }
-  throw ::aiayn::Error(prefix() + call + " failed: " + why, __FILE__, __LINE__);
+  throw ::aiayn::Error(call + " failed: " + why, __FILE__, __LINE__);
 }
 
 void NcclCommunicator::check_nccl(ncclResult_t r, const char* call) {
@@ -95,19 +101,19 @@ void NcclCommunicator::wait_ready(const char* call, Clock::time_point deadline) 
     if (state == ncclSuccess) return;
     if (state != ncclInProgress) fail(call, nccl_error_text(comm_, state));
     if (Clock::now() > deadline)
-      fail(call, "timed out after " + std::to_string(timeout_.count()) + " s (a peer may have died or hung)");
+      fail(call, "timed out after " + seconds(timeout_) + " (a peer may have died or hung; train.comm_timeout_s)");
     std::this_thread::yield();
   }
 }
 
 NcclCommunicator::NcclCommunicator(int cuda_device, double timeout_seconds)
     : host_(std::make_unique<detail::MpiCommunicator>()), device_(cuda_device), timeout_(timeout_seconds) {
-  AIAYN_CHECK(timeout_seconds > 0, prefix() + "NCCL timeout must be positive, got " + std::to_string(timeout_seconds));
-  cudaError_t ce = cudaSetDevice(device_);
-  AIAYN_CHECK(ce == cudaSuccess, prefix() + "cudaSetDevice(" + std::to_string(device_) +
-                                     ") failed: " + cudaGetErrorString(ce));
+  AIAYN_CHECK(timeout_seconds > 0, "NCCL timeout must be positive, got " + std::to_string(timeout_seconds));
+  const cudaError_t ce = cudaSetDevice(device_);
 
-  // Rank 0 makes the id; it travels with a status so that a failure on rank 0 fails every rank (no hang).
+  // Rank 0 makes the id; it travels with a status, and every rank's own readiness is agreed on before the
+  // init, so that a rank that cannot start fails every rank at once (the others would otherwise wait in
+  // ncclCommInitRank until the deadline).
   struct {
     int32_t status;
     ncclUniqueId id;
@@ -115,6 +121,11 @@ NcclCommunicator::NcclCommunicator(int cuda_device, double timeout_seconds)
   std::memset(&hello, 0, sizeof(hello));
   if (host_->rank() == 0) hello.status = static_cast<int32_t>(ncclGetUniqueId(&hello.id));
   host_->broadcast_host(&hello, sizeof(hello), 0);
+  int64_t unready = ce == cudaSuccess ? 0 : host_->rank() + 1;  // the last rank that cannot start, plus one
+  host_->all_reduce_max_host(&unready, 1);
+  if (ce != cudaSuccess)
+    fail("cudaSetDevice(" + std::to_string(device_) + ")", cudaGetErrorString(ce));
+  if (unready > 0) fail("NCCL init", "rank " + std::to_string(unready - 1) + " could not select its GPU");
   if (hello.status != ncclSuccess)
     fail("ncclGetUniqueId", "on rank 0: " + std::string(ncclGetErrorString(static_cast<ncclResult_t>(hello.status))));
 
@@ -161,7 +172,7 @@ void NcclCommunicator::all_reduce_sum(float* data, size_t n, void* stream) {
 }
 
 void NcclCommunicator::all_reduce_sum_async(float* data, size_t n, void* stream) {
-  AIAYN_CHECK(comm_ != nullptr, prefix() + "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
+  AIAYN_CHECK(comm_ != nullptr, "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout_);
   check_nccl(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm_, static_cast<cudaStream_t>(stream)),
              "ncclAllReduce");
@@ -172,20 +183,20 @@ void NcclCommunicator::all_reduce_sum_async(float* data, size_t n, void* stream)
 // Everything on the stream (the all-reduces and whatever it waits for) must finish before the deadline; a
 // dead or hung peer shows up as the deadline passing or as NCCL's asynchronous error.
 void NcclCommunicator::wait(void* stream) {
-  AIAYN_CHECK(comm_ != nullptr, prefix() + "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
+  AIAYN_CHECK(comm_ != nullptr, "ncclAllReduce: the NCCL communicator was aborted by an earlier error");
   auto s = static_cast<cudaStream_t>(stream);
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(timeout_);
   for (;;) {
     const cudaError_t q = cudaStreamQuery(s);
-    if (q == cudaSuccess) break;
-    if (q != cudaErrorNotReady) fail("ncclAllReduce (cudaStreamQuery)", cudaGetErrorString(q));
+    if (q != cudaSuccess && q != cudaErrorNotReady) fail("ncclAllReduce (cudaStreamQuery)", cudaGetErrorString(q));
+    // Checked after the stream too: an operation that failed may still have let the stream finish.
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
     if (r != ncclSuccess) fail("ncclAllReduce (ncclCommGetAsyncError)", nccl_error_text(comm_, r));
     if (state != ncclSuccess && state != ncclInProgress) fail("ncclAllReduce", nccl_error_text(comm_, state));
+    if (q == cudaSuccess) break;
     if (Clock::now() > deadline)
-      fail("ncclAllReduce", "timed out after " + std::to_string(timeout_.count()) +
-                                " s (a peer may have died or hung)");
+      fail("ncclAllReduce", "timed out after " + seconds(timeout_) + " (a peer may have died or hung; train.comm_timeout_s)");
     std::this_thread::yield();
   }
 }

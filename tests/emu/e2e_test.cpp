@@ -5,8 +5,9 @@
 // Emulated kernels are slow (about 200 target tokens/s of training here), so the runs are short: batches of 200
 // tokens, 20 steps, warmup 60 (the loss falls from ~7.5 to ~5.4 nats), validation every 10 steps on the first 40
 // pairs of the validation split, decoding the first 32 test pairs. Runs that several tests compare against are
-// made once per suite (shared_run). The emulated build has no NCCL (comm/CMakeLists.txt): one rank uses the local
-// communicator, two ranks all-reduce host-staged through MPI.
+// made once per suite (shared_run). One rank uses the local communicator; under mpiexec the gradients go through
+// the NCCL communicator, whose NCCL here is the emulator's fake (tests/emu/src/nccl_emu.cpp, carried by MPI), or
+// with AIAYN_GRADIENT_COMM=mpi host-staged through MPI.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -129,6 +130,11 @@ class EmuEndToEnd : public ::testing::Test {
   static void cpu_fp32() { shared_run("cpu", train(aiayn_exe(), dir("cpu"), "--set device=cpu")); }
   static void emu_fp32() { shared_run("emu_fp32", train(emu_exe(), dir("emu_fp32"), "--set device=cuda --set precision=fp32")); }
   static void emu_bf16() { shared_run("emu_bf16", train(emu_exe(), dir("emu_bf16"), "--set device=cuda --set precision=bf16")); }
+  // Two ranks, gradients by the NCCL communicator (the fake NCCL), every bucket started from the backward pass.
+  static void emu_nccl2() {
+    shared_run("emu_nccl2", launcher(2) + train(emu_exe(), dir("emu_nccl2"), "--set device=cuda --set precision=bf16"
+                                                " --set train.max_steps=10 --set train.bucket_mb=0.01"));
+  }
 
   TempDir scratch_;
 
@@ -249,6 +255,72 @@ TEST_F(EmuEndToEnd, TwoRanksWithHostStagedGradientsTakeTheOneRankSteps) {
   EXPECT_EQ(std::stoi(m[2]), std::stoi(m[1])) << "every bucket should start from the backward pass: " << log;
 }
 
+// (d') The same with the NCCL communicator, as `mpirun -np 2 aiayn train` on two GPUs runs it: a non-blocking
+// communicator, each bucket's ncclAllReduce on the reducer's own stream as soon as the backward pass has finished
+// it, waited for with the deadline. The fake NCCL writes a bucket's sum only when both ranks have joined and the
+// stream is queried or waited for, so a missing wait or event would leave partial sums: the steps equal the one
+// rank's, bit for bit.
+TEST_F(EmuEndToEnd, TwoRanksWithNcclTakeTheOneRankSteps) {
+  ASSERT_NO_FATAL_FAILURE(emu_bf16());
+  ASSERT_NO_FATAL_FAILURE(emu_nccl2());
+  const std::string run = dir("emu_nccl2");
+  auto one = values(dir("emu_bf16"), "loss");
+  one.resize(10);
+  EXPECT_EQ(values(run, "loss"), one);
+  const auto a = checkpoint_tensors(checkpoint(dir("emu_bf16"), 10), true), b = checkpoint_tensors(checkpoint(run, 10), true);
+  for (const auto& [name, x] : a) EXPECT_EQ(x, b.at(name)) << name;
+  for (const char* rank_log : {"/log/rank-0.log", "/log/rank-1.log"}) {
+    const std::string log = read_file(run + rank_log);
+    EXPECT_NE(log.find("2 rank(s), device cuda, gradients by nccl,"), std::string::npos) << log;
+    std::smatch m;
+    std::regex_search(log, m, std::regex(R"((\d+) bucket\(s\) of up to \d+ floats, (\d+) started during)"));
+    ASSERT_EQ(m.size(), 3u) << log;
+    EXPECT_GT(std::stoi(m[1]), 10) << log;
+    EXPECT_EQ(std::stoi(m[2]), std::stoi(m[1])) << "every bucket should start from the backward pass: " << log;
+  }
+}
+
+// A rank that hangs (AIAYN_EMU_NCCL_HANG: rank 1 stops inside its third ncclAllReduce, i.e. at step 3 with one
+// bucket per step) ends the job at train.comm_timeout_s with one message naming the rank, the step and the call,
+// instead of hanging; the checkpoints already written stay complete and the run resumes from the last one to the
+// same losses as the run that never failed.
+TEST_F(EmuEndToEnd, AHungPeerEndsTheJobAtTheDeadlineAndTheRunResumes) {
+  ASSERT_NO_FATAL_FAILURE(emu_nccl2());
+  const std::string run = scratch_ / "hung";
+  const std::string cmd = launcher(2) + train(emu_exe(), run, "--set device=cuda --set precision=bf16"
+                                              " --set train.max_steps=4 --set checkpoint.every_steps=1"
+                                              " --set train.comm_timeout_s=5");
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = run_command("env AIAYN_EMU_NCCL_HANG=1:3 " + cmd, scratch_ / "hung.log");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = read_file(scratch_ / "hung.log");
+  std::printf("hung peer: exit status %d after %.1f s\n", rc, seconds);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_LT(seconds, 120.0) << out;
+  EXPECT_NE(out.find("aiayn: error: rank 0: step 3: ncclAllReduce failed: timed out after 5 s"), std::string::npos) << out;
+  EXPECT_TRUE(fs::exists(checkpoint(run, 2))) << out;
+  EXPECT_FALSE(fs::exists(checkpoint(run, 3))) << out;
+
+  ASSERT_EQ(run_command(cmd + " --resume", scratch_ / "resume.log"), 0) << read_file(scratch_ / "resume.log");
+  auto expected = values(dir("emu_nccl2"), "loss");
+  expected.resize(4);
+  EXPECT_EQ(values(run, "loss"), expected);
+}
+
+// An asynchronous NCCL error on one rank (AIAYN_EMU_NCCL_ERROR: rank 0's second operation completes with
+// ncclRemoteError) ends the job with NCCL's message, the step and the rank.
+TEST_F(EmuEndToEnd, AnNcclErrorEndsTheJobWithItsMessage) {
+  const std::string run = scratch_ / "error";
+  const int rc = run_command("env AIAYN_EMU_NCCL_ERROR=0:2 " + launcher(2) +
+                                 train(emu_exe(), run, "--set device=cuda --set precision=bf16 --set train.max_steps=3"
+                                                       " --set train.comm_timeout_s=30"),
+                             scratch_ / "error.log");
+  const std::string out = read_file(scratch_ / "error.log");
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(out.find("aiayn: error: rank 0: step 2: ncclAllReduce failed: remote process exited or there was a "
+                     "network error (emulated failure"), std::string::npos) << out;
+}
+
 // (e) eval and translate on the emulated GPU against the CPU, of a checkpoint that translates (the 20-step runs
 // above only emit EOS): the tiny preset trained on the CPU for 300 steps (~15 s). The teacher-forced loss to 1e-5
 // relative, the same token accuracy, and beam search (beam 4) choosing the same hypotheses, hence the same BLEU.
@@ -291,8 +363,8 @@ TEST_F(EmuEndToEnd, EvalAndTranslateOnTheEmulatedGpuMatchTheCpu) {
   std::printf("first hypotheses: %s\n", hyp_cpu.substr(0, hyp_cpu.find('\n', hyp_cpu.find('\n') + 1)).c_str());
 }
 
-// A NaN in one rank's gradient on the emulated GPU (written into device memory as if the backward pass made it)
-// makes both ranks skip the step: parameters, Adam moments and hence the bf16 copy unchanged; training goes on.
+// A NaN in one rank's gradient on the emulated GPU (written into device memory as if the backward pass made it;
+// gradients by the NCCL communicator) makes both ranks skip the step: parameters, Adam moments and hence the bf16 copy unchanged; training goes on.
 TEST_F(EmuEndToEnd, NonFiniteGradientOnOneRankSkipsTheStepOnBoth) {
   const std::string run = scratch_ / "nan";
   const int rc = run_command("env AIAYN_TEST_NAN_AT=1:3 " + launcher(2) +

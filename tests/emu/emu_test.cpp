@@ -11,6 +11,7 @@
 
 #include "aiayn/error.hpp"
 #include "aiayn_emu/cuda_emu.hpp"
+#include "src/emu_internal.hpp"  // stream_add_work: the fake NCCL's way of keeping work in flight
 
 namespace emu = aiayn::emu;
 
@@ -402,6 +403,80 @@ TEST_F(Emu, StreamsAndEventsAreSynchronousButChecked) {
   EXPECT_EQ(n, 1);
   EXPECT_EQ(cudaSetDevice(1), cudaErrorInvalidDevice);
   (void)cudaGetLastError();
+}
+
+// ---- work in flight (the fake NCCL's collectives, nccl_emu.cpp) ----
+// Work an emulated library leaves in flight is reported by queries and completed, in order, by whatever CUDA
+// orders after it: new work on its stream, synchronisation, an event waited for; not by independent streams.
+TEST_F(Emu, WorkInFlightIsCompletedInStreamOrder) {
+  cudaStream_t comm = nullptr, blocking = nullptr;
+  cudaEvent_t e = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&comm, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreate(&blocking), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), cudaSuccess);
+  float* d = device_array<float>(32);
+  int polls = 0;
+  bool complete = false;
+  // Completes when waited for, or at its third poll.
+  const emu::StreamWork work = [&](bool wait) { return complete = complete || wait || ++polls >= 3; };
+  auto restart = [&] { complete = false, polls = -1000; };
+
+  emu::stream_add_work(comm, work);
+  EXPECT_EQ(cudaStreamQuery(comm), cudaErrorNotReady);  // poll 1
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "cudaErrorNotReady is not kept as an error";
+  EXPECT_EQ(cudaEventRecord(e, comm), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(e), cudaErrorNotReady);  // poll 2
+  // The legacy stream and a blocking stream do not wait for a non-blocking stream.
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, d, 1);
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, blocking, d, 1);
+  EXPECT_EQ(cudaMemsetAsync(d, 0, 4, blocking), cudaSuccess);
+  EXPECT_FALSE(complete);
+  EXPECT_EQ(cudaStreamQuery(comm), cudaSuccess);  // poll 3
+  EXPECT_TRUE(complete);
+  EXPECT_EQ(cudaEventQuery(e), cudaSuccess);
+
+  restart();  // new work on the stream follows what is in flight there
+  emu::stream_add_work(comm, work);
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, comm, d, 1);
+  EXPECT_TRUE(complete);
+  restart();
+  emu::stream_add_work(comm, work);
+  EXPECT_EQ(cudaMemcpyAsync(d, d + 8, 4, cudaMemcpyDeviceToDevice, comm), cudaSuccess);
+  EXPECT_TRUE(complete);
+  restart();
+  emu::stream_add_work(comm, work);
+  EXPECT_EQ(cudaStreamSynchronize(comm), cudaSuccess);
+  EXPECT_TRUE(complete);
+
+  restart();  // CUDA's implicit synchronisation: the legacy stream waits for blocking streams
+  emu::stream_add_work(blocking, work);
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, d, 1);
+  EXPECT_TRUE(complete);
+  restart();  // and a blocking stream for the legacy stream
+  emu::stream_add_work(nullptr, work);
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, blocking, d, 1);
+  EXPECT_TRUE(complete);
+
+  restart();  // an event waited for by another stream: here the host waits (a GPU would hold that stream)
+  emu::stream_add_work(comm, work);
+  EXPECT_EQ(cudaEventRecord(e, comm), cudaSuccess);
+  bool later = false;
+  emu::stream_add_work(comm, [&](bool) { return later = true; });  // after the event: not waited for
+  EXPECT_EQ(cudaStreamWaitEvent(nullptr, e, 0), cudaSuccess);
+  EXPECT_TRUE(complete);
+  EXPECT_FALSE(later);
+  EXPECT_EQ(cudaStreamSynchronize(comm), cudaSuccess);
+  EXPECT_TRUE(later);
+
+  restart();  // a destroyed stream returns at once; its work completes by cudaDeviceSynchronize (or cudaFree)
+  emu::stream_add_work(comm, work);
+  EXPECT_EQ(cudaStreamDestroy(comm), cudaSuccess);
+  EXPECT_FALSE(complete);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_TRUE(complete);
+  EXPECT_EQ(cudaEventDestroy(e), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(blocking), cudaSuccess);
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
 }
 
 TEST_F(Emu, RadixSortIsStableOnTheLowBits) {

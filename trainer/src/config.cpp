@@ -70,6 +70,7 @@ const std::vector<Key>& schema() {
     add("train.threads", Kind::Int, 0, 1024, t(&TrainSection::threads));
     add("train.shards", Kind::Int, 1, 65536, t(&TrainSection::shards));
     add("train.bucket_mb", Kind::Real, 1e-4, 1e6, t(&TrainSection::bucket_mb));
+    add("train.comm_timeout_s", Kind::Real, 0.1, 1e6, t(&TrainSection::comm_timeout_s));
     add("checkpoint.every_steps", Kind::Int, 0, big, ck(&CheckpointSection::every_steps));
     add("checkpoint.every_minutes", Kind::Real, 0, big, ck(&CheckpointSection::every_minutes));
     add("checkpoint.keep_last", Kind::Int, 1, big, ck(&CheckpointSection::keep_last));

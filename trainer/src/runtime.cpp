@@ -13,7 +13,7 @@
 
 namespace aiayn::trainer {
 
-kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log) {
+kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log, int* gpu) {
   if (setting == "cpu") return kernels::Device::CPU;
   std::string why;
   const int gpus = kernels::cuda_device_count(&why);
@@ -24,6 +24,7 @@ kernels::Device choose_device(const std::string& setting, int local_rank, spdlog
   }
   kernels::cuda_set_device(local_rank % gpus);
   log.info("using GPU {} of {}", local_rank % gpus, gpus);
+  if (gpu) *gpu = local_rank % gpus;
   return kernels::Device::CUDA;
 }
 

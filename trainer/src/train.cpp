@@ -221,9 +221,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   // ---- device, threads, model ----
   k::Device device = k::Device::CPU;
   bool bf16 = false;
-  int threads = 0;
+  int threads = 0, gpu = 0;
   on_all_ranks(comm, [&] {
-    device = choose_device(cfg.device, comm.local_rank(), *log);
+    device = choose_device(cfg.device, comm.local_rank(), *log, &gpu);
     bf16 = choose_bf16(cfg, device, *log);
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
@@ -235,7 +235,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const bool want_nccl = !(grad_comm && std::string(grad_comm) == "mpi");
   on_all_ranks(comm, [&] {
     if (device == k::Device::CUDA && comm.backend() == comm::Backend::MPI && want_nccl && comm::nccl_compiled())
-      nccl = comm::make_nccl_communicator(comm.local_rank());
+      nccl = comm::make_nccl_communicator(gpu, cfg.train.comm_timeout_s);
   });
   comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;
   const bool stage_on_host = device == k::Device::CUDA && grad_comm_ref.backend() != comm::Backend::NCCL &&

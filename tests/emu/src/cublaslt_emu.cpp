@@ -424,6 +424,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
   if (al->magic != kAlgoMagic)
     return fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: the algorithm was not filled in by cublasLtMatmulAlgoGetHeuristic");
   if (!valid_stream(stream)) return fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: the stream is not a live stream");
+  stream_order(stream);
   Problem prob;
   if (const cublasStatus_t st = problem_of(*d, *a, *b, *c, *dl, &prob)) return st;
   if (al->ab_type != prob.ab_type || al->cd_type != prob.cd_type || al->transa != d->transa ||

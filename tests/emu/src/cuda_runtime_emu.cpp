@@ -1,25 +1,42 @@
 // A fake CUDA runtime for emulated test binaries: the subset of cuda_runtime_api.h that kernels/cuda/*.cu call,
 // plus streams and events, defined with the header's own signatures and C linkage (libcudart is never linked).
 //
-// One device (an sm_90 with 227 KiB of opt-in shared memory; AIAYN_EMU_DEVICES=0 pretends there is none). All work
-// is synchronous: a stream is an ordering that is already satisfied, an event is complete once recorded. Device
+// One device (an sm_90 with 227 KiB of opt-in shared memory; AIAYN_EMU_DEVICES=0 pretends there is none). The
+// runtime's own work is synchronous: kernels and copies are complete when their call returns. Only an emulated
+// library's work may stay in flight (the fake NCCL's collectives, waiting for their peers): it is kept with its
+// stream (stream_add_work), queries report it (cudaStreamQuery, cudaEventQuery: cudaErrorNotReady), and anything
+// ordered after it completes it first (stream_order: new work on the stream, synchronising calls, an event
+// waited for; CUDA's implicit synchronisation between the legacy stream and blocking streams included). Device
 // memory comes from device_memory.cpp; copies and sets check that each pointer is what the direction says and that
 // the bytes lie inside one allocation. Every failure is printed ("aiayn emu: ...") and kept as the last error, and
 // cudaGetErrorString appends that detail to CUDA's text for the failing code.
 #include <cuda_runtime_api.h>
 #include <link.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "emu_internal.hpp"
+
+namespace aiayn::emu {
+namespace {
+struct InFlight {
+  StreamWork advance;
+  bool done = false;
+};
+using Works = std::vector<std::shared_ptr<InFlight>>;
+}  // namespace
+}  // namespace aiayn::emu
 
 struct CUstream_st {
   uint32_t magic;
@@ -30,6 +47,7 @@ struct CUevent_st {
   unsigned flags;
   bool recorded;
   std::chrono::steady_clock::time_point when;
+  aiayn::emu::Works waits;  // the work in flight that the recorded point follows
 };
 struct CUmemPoolHandle_st {
   uint64_t release_threshold;
@@ -47,6 +65,8 @@ struct Runtime {
   std::set<cudaEvent_t> events;
   std::map<const void*, int> max_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize per kernel
   CUmemPoolHandle_st pool{0, 1, 1, 1};
+  std::map<cudaStream_t, Works> in_flight;  // by stream; the legacy default stream is nullptr
+  Works orphans;                            // in flight on streams destroyed since
   int devices = 1;
   Runtime() {
     if (const char* d = std::getenv("AIAYN_EMU_DEVICES")) devices = std::atoi(d) > 0 ? 1 : 0;
@@ -69,6 +89,50 @@ cudaError_t fail(cudaError_t code, const std::string& detail) {
   t_detail_code = code;
   t_detail = detail;
   return code;
+}
+
+cudaStream_t stream_key(cudaStream_t s) { return s == cudaStreamLegacy || s == cudaStreamPerThread ? nullptr : s; }
+
+// The work in flight that new work on s follows: s's own, plus (implicit = true) that of the streams CUDA
+// synchronises it with. Completed entries are dropped on the way.
+Works pending_for(cudaStream_t s, bool implicit) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  Works out;
+  auto add = [&](cudaStream_t k) {
+    auto it = rt().in_flight.find(k);
+    if (it == rt().in_flight.end()) return;
+    Works& w = it->second;
+    w.erase(w.begin(), std::find_if(w.begin(), w.end(), [](const auto& x) { return !x->done; }));
+    out.insert(out.end(), w.begin(), w.end());
+  };
+  s = stream_key(s);
+  add(s);
+  if (implicit) {
+    if (s == nullptr) {
+      for (const auto& [k, w] : rt().in_flight)
+        if (k != nullptr && !(k->flags & cudaStreamNonBlocking)) add(k);
+    } else if (!(s->flags & cudaStreamNonBlocking)) {
+      add(nullptr);
+    }
+  }
+  return out;
+}
+
+// Completes `works` in order (waiting for each when `wait`); false at the first one still in flight.
+bool finish(const Works& works, bool wait) {
+  for (const auto& w : works) {
+    if (w->done) continue;
+    if (!w->advance(wait)) return false;
+    w->done = true;
+  }
+  return true;
+}
+
+Works all_in_flight() {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  Works out = rt().orphans;
+  for (const auto& [k, w] : rt().in_flight) out.insert(out.end(), w.begin(), w.end());
+  return out;
 }
 
 bool valid_event(cudaEvent_t e) {
@@ -206,7 +270,8 @@ void refuse_real_libraries() {
   dl_iterate_phdr(
       [](dl_phdr_info* info, size_t, void*) -> int {
         const char* name = info->dlpi_name ? info->dlpi_name : "";
-        if (std::strstr(name, "libcudart.so") || std::strstr(name, "libcublasLt.so") || std::strstr(name, "libcublas.so")) {
+        if (std::strstr(name, "libcudart.so") || std::strstr(name, "libcublasLt.so") || std::strstr(name, "libcublas.so") ||
+            std::strstr(name, "libnccl.so")) {
           report(std::string("fatal: the real ") + name +
                  " is loaded into an emulated binary; link aiayn_kernels_cuda_emu instead of the CUDA libraries "
                  "(set the AIAYN_CUDA_EMULATION target property)");
@@ -225,6 +290,13 @@ bool valid_stream(cudaStream_t s) {
   std::lock_guard<std::mutex> lock(rt().mu);
   return rt().streams.count(s) && s->magic == kStreamMagic;
 }
+
+void stream_add_work(cudaStream_t s, StreamWork work) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  rt().in_flight[stream_key(s)].push_back(std::make_shared<InFlight>(InFlight{std::move(work)}));
+}
+
+void stream_order(cudaStream_t s) { finish(pending_for(s, true), true); }
 
 size_t max_dynamic_shared(const void* kernel) {
   std::lock_guard<std::mutex> lock(rt().mu);
@@ -269,7 +341,10 @@ cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize(void) {
+  finish(all_in_flight(), true);
+  return cudaSuccess;
+}
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
   if (!value || device != 0) return fail(cudaErrorInvalidValue, "cudaDeviceGetAttribute: bad arguments");
   switch (attr) {
@@ -288,25 +363,36 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 
 // ---- memory ----
 cudaError_t cudaMalloc(void** devPtr, size_t size) { return alloc(devPtr, size, "cudaMalloc"); }
-cudaError_t cudaFree(void* devPtr) { return release(devPtr, "cudaFree"); }
+cudaError_t cudaFree(void* devPtr) {
+  finish(all_in_flight(), true);  // cudaFree synchronises the device
+  return release(devPtr, "cudaFree");
+}
 cudaError_t cudaMallocAsync(void** devPtr, size_t size, cudaStream_t hStream) {
   if (const cudaError_t e = check_stream(hStream, "cudaMallocAsync")) return e;
+  stream_order(hStream);
   return alloc(devPtr, size, "cudaMallocAsync");
 }
 cudaError_t cudaFreeAsync(void* devPtr, cudaStream_t hStream) {
   if (const cudaError_t e = check_stream(hStream, "cudaFreeAsync")) return e;
+  stream_order(hStream);
   return release(devPtr, "cudaFreeAsync");
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
+  stream_order(nullptr);
   return copy(dst, src, count, kind, "cudaMemcpy");
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemcpyAsync")) return e;
+  stream_order(stream);
   return copy(dst, src, count, kind, "cudaMemcpyAsync");
 }
-cudaError_t cudaMemset(void* devPtr, int value, size_t count) { return set(devPtr, value, count, "cudaMemset"); }
+cudaError_t cudaMemset(void* devPtr, int value, size_t count) {
+  stream_order(nullptr);
+  return set(devPtr, value, count, "cudaMemset");
+}
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemsetAsync")) return e;
+  stream_order(stream);
   return set(devPtr, value, count, "cudaMemsetAsync");
 }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
@@ -374,7 +460,7 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
                                          " is outside the emulated subset");
 }
 
-// ---- streams and events (all work is already complete when a call returns) ----
+// ---- streams and events (only an emulated library's work can still be in flight) ----
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* pStream, unsigned int flags) {
   if (!pStream) return fail(cudaErrorInvalidValue, "cudaStreamCreate: null pointer");
   if (flags & ~unsigned(cudaStreamNonBlocking)) return fail(cudaErrorInvalidValue, "cudaStreamCreateWithFlags: bad flags");
@@ -389,21 +475,37 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(rt().mu);
   if (!stream || !rt().streams.erase(stream))
     return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: not a live stream (destroyed twice, or never created)");
+  // CUDA returns at once; work still in flight completes later (cudaDeviceSynchronize waits for it).
+  auto it = rt().in_flight.find(stream);
+  if (it != rt().in_flight.end()) {
+    rt().orphans.insert(rt().orphans.end(), it->second.begin(), it->second.end());
+    rt().in_flight.erase(it);
+  }
   stream->magic = 0;
   delete stream;
   return cudaSuccess;
 }
-cudaError_t cudaStreamSynchronize(cudaStream_t stream) { return check_stream(stream, "cudaStreamSynchronize"); }
-cudaError_t cudaStreamQuery(cudaStream_t stream) { return check_stream(stream, "cudaStreamQuery"); }
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaStreamSynchronize")) return e;
+  finish(pending_for(stream, false), true);
+  return cudaSuccess;
+}
+cudaError_t cudaStreamQuery(cudaStream_t stream) {
+  if (const cudaError_t e = check_stream(stream, "cudaStreamQuery")) return e;
+  return finish(pending_for(stream, false), false) ? cudaSuccess : cudaErrorNotReady;  // not an error: not kept
+}
+// The one place the emulator blocks where a GPU would not: the waiting stream's later work runs when it is
+// enqueued, so the host waits here for the event's work in flight (a GPU would hold only that stream).
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
   if (const cudaError_t e = check_stream(stream, "cudaStreamWaitEvent")) return e;
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: not a live event");
   (void)flags;
-  return cudaSuccess;  // the event's work is complete (or it was never recorded: no dependency)
+  finish(event->waits, true);  // never recorded: no dependency
+  return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
   if (!event) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
-  auto* e = new CUevent_st{kEventMagic, flags, false, {}};
+  auto* e = new CUevent_st{kEventMagic, flags, false, {}, {}};
   std::lock_guard<std::mutex> lock(rt().mu);
   rt().events.insert(e);
   *event = e;
@@ -413,17 +515,19 @@ cudaError_t cudaEventCreate(cudaEvent_t* event) { return cudaEventCreateWithFlag
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaEventRecord")) return e;
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
+  event->waits = pending_for(stream, true);
   event->recorded = true;
   event->when = std::chrono::steady_clock::now();
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
+  finish(event->waits, true);
   return cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: not a live event");
-  return cudaSuccess;
+  return finish(event->waits, false) ? cudaSuccess : cudaErrorNotReady;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (!ms || !valid_event(start) || !valid_event(end))

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace aiayn::emu {
@@ -55,6 +56,18 @@ bool describe_scheduler_fault(uintptr_t address, char* buf, size_t size);
 
 // ---- runtime state shared with the launcher and the libraries ----
 bool valid_stream(cudaStream_t s);
+
+// ---- work in flight on a stream ----
+// Kernels, copies and the fake cuBLASLt and CUB are complete when their call returns. The fake NCCL's
+// collectives (nccl_emu.cpp) stay in flight, as on a GPU, until every peer has joined: such work is kept with
+// its stream and completed in stream order. `advance(wait)` completes it if it can (waiting for it when `wait`
+// is true) and returns whether it is complete; it runs on the calling thread, without the runtime's lock.
+using StreamWork = std::function<bool(bool wait)>;
+void stream_add_work(cudaStream_t s, StreamWork work);
+// What everything newly enqueued on `s` first waits for: the work in flight on s (and, CUDA's implicit
+// synchronisation, on every blocking stream when s is the legacy default stream, or on the legacy stream when
+// s is a blocking stream). Blocks until it is complete.
+void stream_order(cudaStream_t s);
 // Maximum dynamic shared memory a kernel may request (48 KiB unless raised by cudaFuncSetAttribute).
 size_t max_dynamic_shared(const void* kernel);
 constexpr size_t kDefaultDynamicShared = 48 * 1024;

@@ -502,6 +502,7 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                std::to_string(smem_limit) + " (48 KiB unless cudaFuncSetAttribute(cudaFuncAttributeMaxDynamicSharedMemorySize) "
                "raises it, to at most 227 KiB)");
   if (!valid_stream(cfg.stream)) bad_launch("the stream is not a live stream");
+  stream_order(cfg.stream);
 
   Scheduler& s = sched();
   std::lock_guard<std::mutex> lock(s.mu);

@@ -15,8 +15,9 @@ class Communicator;
 namespace aiayn::trainer {
 
 // "auto": CUDA when a GPU is usable, else the CPU with one log line saying why. "cuda" without a usable GPU
-// is an error. On CUDA, selects the GPU by local rank.
-kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log);
+// is an error. On CUDA, selects the GPU by local rank (local_rank modulo the GPUs) and reports its index in
+// `gpu` when given.
+kernels::Device choose_device(const std::string& setting, int local_rank, spdlog::logger& log, int* gpu = nullptr);
 
 // Threads per rank: `configured` when > 0, else the cores of this node divided among the ranks on it.
 // Whether to compute in bf16 mixed precision: config precision=bf16 on CUDA. On the CPU, bf16 is an error when
