@@ -479,6 +479,56 @@ TEST_F(Emu, WorkInFlightIsCompletedInStreamOrder) {
   EXPECT_EQ(cudaFree(d), cudaSuccess);
 }
 
+// The stream order behind the fake NCCL's input check: an operation on another stream is ordered before new
+// work on stream c only by an event recorded after it and waited for by c, by the host synchronising with it
+// first, or by CUDA's implicit ordering between the legacy stream and blocking streams.
+TEST_F(Emu, StreamOrderFollowsEventsAndSynchronisation) {
+  cudaStream_t c = nullptr, blocking = nullptr;
+  cudaEvent_t e = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&c, cudaStreamNonBlocking), cudaSuccess);
+  ASSERT_EQ(cudaStreamCreate(&blocking), cudaSuccess);
+  ASSERT_EQ(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), cudaSuccess);
+  float* d = device_array<float>(32);
+  float* other = device_array<float>(32);
+  EXPECT_EQ(emu::unordered_touch(c, d + 4), "");  // nothing touched it yet
+
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, d, 1);
+  EXPECT_NE(emu::unordered_touch(c, d + 4).find("write_kernel (operation"), std::string::npos);
+  EXPECT_EQ(emu::unordered_touch(nullptr, d), "") << "the same stream is ordered";
+  EXPECT_EQ(cudaEventRecord(e, nullptr), cudaSuccess);
+  EXPECT_NE(emu::unordered_touch(c, d), "") << "recorded, not yet waited for";
+  EXPECT_EQ(cudaStreamWaitEvent(c, e, 0), cudaSuccess);
+  EXPECT_EQ(emu::unordered_touch(c, d), "");
+
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, d, 1);  // after the event: not ordered
+  EXPECT_NE(emu::unordered_touch(c, d), "");
+  EXPECT_EQ(cudaStreamSynchronize(nullptr), cudaSuccess);  // the host waited: everything it enqueues follows
+  EXPECT_EQ(emu::unordered_touch(c, d), "");
+
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, d, 1);
+  std::vector<float> h(32);
+  EXPECT_EQ(cudaMemcpy(h.data(), other, 4, cudaMemcpyDeviceToHost), cudaSuccess);  // synchronous, legacy stream
+  EXPECT_EQ(emu::unordered_touch(c, d), "");
+
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, blocking, d, 1);
+  EXPECT_NE(emu::unordered_touch(c, d).find("write_kernel"), std::string::npos);
+  emu::launch("write_kernel", write_kernel, 1, 32, 0, nullptr, other, 1);  // the legacy stream waits for `blocking`
+  EXPECT_EQ(cudaEventRecord(e, nullptr), cudaSuccess);
+  EXPECT_EQ(cudaStreamWaitEvent(c, e, 0), cudaSuccess);
+  EXPECT_EQ(emu::unordered_touch(c, d), "");
+
+  EXPECT_EQ(cudaMemsetAsync(d, 0, 8, blocking), cudaSuccess);  // copies and sets count as operations too
+  EXPECT_NE(emu::unordered_touch(c, d).find("cudaMemsetAsync"), std::string::npos);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  EXPECT_EQ(emu::unordered_touch(c, d), "");
+
+  EXPECT_EQ(cudaEventDestroy(e), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(c), cudaSuccess);
+  EXPECT_EQ(cudaStreamDestroy(blocking), cudaSuccess);
+  EXPECT_EQ(cudaFree(d), cudaSuccess);
+  EXPECT_EQ(cudaFree(other), cudaSuccess);
+}
+
 TEST_F(Emu, RadixSortIsStableOnTheLowBits) {
   const int n = 50;
   std::vector<int32_t> keys(n), vals(n);

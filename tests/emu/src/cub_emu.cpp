@@ -30,6 +30,8 @@ cudaError_t radix_sort_pairs(void* temp, size_t& temp_bytes, const int32_t* keys
   if (n < 0 || begin_bit < 0 || end_bit > 32 || begin_bit > end_bit) return bad("bad count or bit range");
   if (!valid_stream(stream)) return bad("the stream is not a live stream");
   stream_order(stream);
+  const void* touched[5] = {temp, keys_in, keys_out, values_in, values_out};
+  order_operation(stream, "cub::DeviceRadixSort::SortPairs", touched, 5);
   if (temp_bytes < needed) return bad("temporary storage of " + std::to_string(temp_bytes) + " bytes, needs " + std::to_string(needed));
   std::string why;
   const size_t bytes = size_t(n) * sizeof(int32_t);

@@ -425,6 +425,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t lightHandle, cublasLtMatmulDesc_t
     return fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: the algorithm was not filled in by cublasLtMatmulAlgoGetHeuristic");
   if (!valid_stream(stream)) return fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtMatmul: the stream is not a live stream");
   stream_order(stream);
+  const void* touched[5] = {A, B, C, D, workspace};
+  order_operation(stream, "cublasLtMatmul", touched, 5);
   Problem prob;
   if (const cublasStatus_t st = problem_of(*d, *a, *b, *c, *dl, &prob)) return st;
   if (al->ab_type != prob.ab_type || al->cd_type != prob.cd_type || al->transa != d->transa ||

@@ -35,6 +35,8 @@ struct InFlight {
   bool done = false;
 };
 using Works = std::vector<std::shared_ptr<InFlight>>;
+// Per stream (the legacy default stream is nullptr): how many of its operations are ordered before a point.
+using VectorClock = std::map<cudaStream_t, uint64_t>;
 }  // namespace
 }  // namespace aiayn::emu
 
@@ -47,7 +49,8 @@ struct CUevent_st {
   unsigned flags;
   bool recorded;
   std::chrono::steady_clock::time_point when;
-  aiayn::emu::Works waits;  // the work in flight that the recorded point follows
+  aiayn::emu::Works waits;         // the work in flight that the recorded point follows
+  aiayn::emu::VectorClock clock;   // the operations ordered before the recorded point
 };
 struct CUmemPoolHandle_st {
   uint64_t release_threshold;
@@ -67,6 +70,16 @@ struct Runtime {
   CUmemPoolHandle_st pool{0, 1, 1, 1};
   std::map<cudaStream_t, Works> in_flight;  // by stream; the legacy default stream is nullptr
   Works orphans;                            // in flight on streams destroyed since
+  // Stream order (order_operation): operations issued per stream, what each stream's next operation follows,
+  // what the host has synchronised with, and the last operation to touch each allocation (by base address).
+  struct Touch {
+    cudaStream_t stream;
+    uint64_t op;
+    std::string what;
+  };
+  VectorClock issued, host;
+  std::map<cudaStream_t, VectorClock> seen;
+  std::map<uintptr_t, Touch> touched;
   int devices = 1;
   Runtime() {
     if (const char* d = std::getenv("AIAYN_EMU_DEVICES")) devices = std::atoi(d) > 0 ? 1 : 0;
@@ -133,6 +146,33 @@ Works all_in_flight() {
   Works out = rt().orphans;
   for (const auto& [k, w] : rt().in_flight) out.insert(out.end(), w.begin(), w.end());
   return out;
+}
+
+// ---- stream order (the lock held) ----
+void merge(VectorClock& into, const VectorClock& from) {
+  for (const auto& [k, n] : from) into[k] = std::max(into[k], n);
+}
+bool blocking_stream(cudaStream_t k) { return k != nullptr && !(k->flags & cudaStreamNonBlocking); }
+
+// What an operation enqueued on stream k now follows.
+VectorClock& clock_now(cudaStream_t k) {
+  Runtime& r = rt();
+  VectorClock& c = r.seen[k];
+  merge(c, r.host);
+  if (k == nullptr) {
+    for (const auto& [b, cb] : r.seen)
+      if (blocking_stream(b)) merge(c, cb);
+  } else if (blocking_stream(k)) {
+    merge(c, r.seen[nullptr]);
+  }
+  return c;
+}
+void host_knows(const VectorClock& c) { merge(rt().host, c); }
+std::string stream_name(cudaStream_t k) {
+  if (k == nullptr) return "the legacy default stream";
+  char text[48];
+  std::snprintf(text, sizeof text, "stream %p", static_cast<void*>(k));
+  return text;
 }
 
 bool valid_event(cudaEvent_t e) {
@@ -255,7 +295,11 @@ cudaError_t alloc(void** p, size_t size, const char* api) {
 cudaError_t release(void* p, const char* api) {
   if (!p) return cudaSuccess;
   switch (device_free(p)) {
-    case FreeResult::Ok: return cudaSuccess;
+    case FreeResult::Ok: {
+      std::lock_guard<std::mutex> lock(rt().mu);
+      rt().touched.erase(reinterpret_cast<uintptr_t>(p));  // the address may come back for new memory
+      return cudaSuccess;
+    }
     case FreeResult::NotBase:
       return fail(cudaErrorInvalidValue, std::string(api) + ": " + describe_pointer(p) + " is not the start of an allocation");
     case FreeResult::AlreadyFreed:
@@ -297,6 +341,32 @@ void stream_add_work(cudaStream_t s, StreamWork work) {
 }
 
 void stream_order(cudaStream_t s) { finish(pending_for(s, true), true); }
+
+void order_operation(cudaStream_t s, const char* what, const void* const* ptrs, size_t n) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  const cudaStream_t k = stream_key(s);
+  VectorClock& c = clock_now(k);
+  const uint64_t op = ++rt().issued[k];
+  c[k] = op;
+  for (size_t i = 0; i < n; ++i) {
+    uintptr_t base = 0;
+    if (ptrs[i] && find_allocation(ptrs[i], &base)) rt().touched[base] = Runtime::Touch{k, op, what};
+  }
+}
+
+std::string unordered_touch(cudaStream_t s, const void* p) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  uintptr_t base = 0;
+  if (!find_allocation(p, &base)) return "";
+  auto it = rt().touched.find(base);
+  const cudaStream_t k = stream_key(s);
+  if (it == rt().touched.end() || it->second.stream == k) return "";
+  const Runtime::Touch& t = it->second;
+  if (clock_now(k)[t.stream] >= t.op) return "";
+  return "its memory was last touched by " + t.what + " (operation " + std::to_string(t.op) + " on " +
+         stream_name(t.stream) + "), which nothing orders before " + stream_name(k) +
+         " (no event recorded after it and waited for, no synchronisation)";
+}
 
 size_t max_dynamic_shared(const void* kernel) {
   std::lock_guard<std::mutex> lock(rt().mu);
@@ -341,8 +411,22 @@ cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
+static void host_knows_everything() {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  host_knows(rt().issued);
+}
+// The host has waited for everything enqueued on s so far.
+static void host_syncs_with(cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  host_knows(clock_now(stream_key(s)));
+}
+static void note(cudaStream_t s, const char* what, const void* a, const void* b = nullptr) {
+  const void* p[2] = {a, b};
+  order_operation(s, what, p, 2);
+}
 cudaError_t cudaDeviceSynchronize(void) {
   finish(all_in_flight(), true);
+  host_knows_everything();
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
@@ -365,6 +449,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 cudaError_t cudaMalloc(void** devPtr, size_t size) { return alloc(devPtr, size, "cudaMalloc"); }
 cudaError_t cudaFree(void* devPtr) {
   finish(all_in_flight(), true);  // cudaFree synchronises the device
+  host_knows_everything();
   return release(devPtr, "cudaFree");
 }
 cudaError_t cudaMallocAsync(void** devPtr, size_t size, cudaStream_t hStream) {
@@ -379,20 +464,28 @@ cudaError_t cudaFreeAsync(void* devPtr, cudaStream_t hStream) {
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t count, cudaMemcpyKind kind) {
   stream_order(nullptr);
-  return copy(dst, src, count, kind, "cudaMemcpy");
+  note(nullptr, "cudaMemcpy", dst, src);
+  const cudaError_t e = copy(dst, src, count, kind, "cudaMemcpy");
+  host_syncs_with(nullptr);
+  return e;
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t count, cudaMemcpyKind kind, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemcpyAsync")) return e;
   stream_order(stream);
+  note(stream, "cudaMemcpyAsync", dst, src);
   return copy(dst, src, count, kind, "cudaMemcpyAsync");
 }
 cudaError_t cudaMemset(void* devPtr, int value, size_t count) {
   stream_order(nullptr);
-  return set(devPtr, value, count, "cudaMemset");
+  note(nullptr, "cudaMemset", devPtr);
+  const cudaError_t e = set(devPtr, value, count, "cudaMemset");
+  host_syncs_with(nullptr);
+  return e;
 }
 cudaError_t cudaMemsetAsync(void* devPtr, int value, size_t count, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaMemsetAsync")) return e;
   stream_order(stream);
+  note(stream, "cudaMemsetAsync", devPtr);
   return set(devPtr, value, count, "cudaMemsetAsync");
 }
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
@@ -488,11 +581,14 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaStreamSynchronize")) return e;
   finish(pending_for(stream, false), true);
+  host_syncs_with(stream);
   return cudaSuccess;
 }
 cudaError_t cudaStreamQuery(cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaStreamQuery")) return e;
-  return finish(pending_for(stream, false), false) ? cudaSuccess : cudaErrorNotReady;  // not an error: not kept
+  if (!finish(pending_for(stream, false), false)) return cudaErrorNotReady;  // not an error: not kept
+  host_syncs_with(stream);
+  return cudaSuccess;
 }
 // The one place the emulator blocks where a GPU would not: the waiting stream's later work runs when it is
 // enqueued, so the host waits here for the event's work in flight (a GPU would hold only that stream).
@@ -501,11 +597,13 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: not a live event");
   (void)flags;
   finish(event->waits, true);  // never recorded: no dependency
+  std::lock_guard<std::mutex> lock(rt().mu);
+  merge(clock_now(stream_key(stream)), event->clock);
   return cudaSuccess;
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
   if (!event) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
-  auto* e = new CUevent_st{kEventMagic, flags, false, {}, {}};
+  auto* e = new CUevent_st{kEventMagic, flags, false, {}, {}, {}};
   std::lock_guard<std::mutex> lock(rt().mu);
   rt().events.insert(e);
   *event = e;
@@ -516,6 +614,10 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (const cudaError_t e = check_stream(stream, "cudaEventRecord")) return e;
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: not a live event");
   event->waits = pending_for(stream, true);
+  {
+    std::lock_guard<std::mutex> lock(rt().mu);
+    event->clock = clock_now(stream_key(stream));
+  }
   event->recorded = true;
   event->when = std::chrono::steady_clock::now();
   return cudaSuccess;
@@ -523,11 +625,16 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: not a live event");
   finish(event->waits, true);
+  std::lock_guard<std::mutex> lock(rt().mu);
+  host_knows(event->clock);
   return cudaSuccess;
 }
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   if (!valid_event(event)) return fail(cudaErrorInvalidResourceHandle, "cudaEventQuery: not a live event");
-  return finish(event->waits, false) ? cudaSuccess : cudaErrorNotReady;
+  if (!finish(event->waits, false)) return cudaErrorNotReady;
+  std::lock_guard<std::mutex> lock(rt().mu);
+  host_knows(event->clock);
+  return cudaSuccess;
 }
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   if (!ms || !valid_event(start) || !valid_event(end))

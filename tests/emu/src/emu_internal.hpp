@@ -68,6 +68,18 @@ void stream_add_work(cudaStream_t s, StreamWork work);
 // synchronisation, on every blocking stream when s is the legacy default stream, or on the legacy stream when
 // s is a blocking stream). Blocks until it is complete.
 void stream_order(cudaStream_t s);
+
+// ---- which operations are ordered before which (vector clocks over streams) ----
+// Every operation enqueued on a stream (a kernel, a copy, a library call) is numbered per stream and noted as
+// the last to touch the allocations holding `ptrs` (a kernel: each pointer argument). A stream knows the
+// operations ordered before its next one: its own, those of events it waited for, those the host synchronised
+// with before enqueueing (cudaStreamSynchronize, cudaEventSynchronize, a successful query, cudaMemcpy,
+// cudaDeviceSynchronize, cudaFree), and CUDA's implicit ordering between the legacy and blocking streams.
+void order_operation(cudaStream_t s, const char* what, const void* const* ptrs, size_t n);
+// Empty when the last operation that touched the allocation holding p is ordered before work enqueued on s now;
+// otherwise says which operation is not (used where an operation would read memory another stream may still be
+// writing: the fake NCCL's input).
+std::string unordered_touch(cudaStream_t s, const void* p);
 // Maximum dynamic shared memory a kernel may request (48 KiB unless raised by cudaFuncSetAttribute).
 size_t max_dynamic_shared(const void* kernel);
 constexpr size_t kDefaultDynamicShared = 48 * 1024;

@@ -480,7 +480,7 @@ void check_pointer_argument(const LaunchConfig& cfg, int index, const void* p) {
   AIAYN_FAIL(msg);
 }
 
-void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
+void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx, const void* const* touched, size_t n) {
   auto bad_launch = [&](const std::string& why) {
     const std::string msg = "CUDA launch of " + std::string(cfg.what) + " failed: aiayn emu: " + why;
     report(msg);
@@ -503,6 +503,7 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                "raises it, to at most 227 KiB)");
   if (!valid_stream(cfg.stream)) bad_launch("the stream is not a live stream");
   stream_order(cfg.stream);
+  order_operation(cfg.stream, cfg.what, touched, n);
 
   Scheduler& s = sched();
   std::lock_guard<std::mutex> lock(s.mu);

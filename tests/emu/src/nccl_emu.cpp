@@ -250,6 +250,11 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
     return fail(comm, ncclInvalidArgument, "ncclAllReduce: sendbuff: " + why);
   if (count > 0 && !device_range_ok(recvbuff, bytes, &why))
     return fail(comm, ncclInvalidArgument, "ncclAllReduce: recvbuff: " + why);
+  // On a GPU the all-reduce reads its input when the stream reaches it: whatever writes the input on another
+  // stream must be ordered before it (an event recorded after the producers and waited for by this stream).
+  const std::string race = count > 0 ? unordered_touch(stream, sendbuff) : std::string();
+  if (!race.empty())
+    return fail(comm, ncclInvalidUsage, "ncclAllReduce: the input may not be complete when the stream reaches it: " + race);
   const int64_t call = ++comm->calls;
   if (injected("AIAYN_EMU_NCCL_HANG", s.rank, call)) {
     report("ncclAllReduce: rank " + std::to_string(s.rank) + " hangs in call " + std::to_string(call) +
@@ -275,6 +280,8 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
   ops.erase(std::remove_if(ops.begin(), ops.end(), [](const auto& x) { return x->done; }), ops.end());
   ops.push_back(o);
   stream_add_work(stream, [o](bool wait) { return o->advance(wait); });
+  const void* touched[2] = {sendbuff, recvbuff};
+  order_operation(stream, "ncclAllReduce", touched, 2);
   if (s.blocking) return ncclSuccess;
   s.async = ncclInProgress;
   return ncclInProgress;

@@ -29,6 +29,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -90,14 +91,23 @@ struct LaunchConfig {
 // Checks that argument `index` (a pointer) of the launch is null or points into live device memory.
 void check_pointer_argument(const LaunchConfig& cfg, int index, const void* p);
 // Runs body(ctx) once per thread of the grid, as described in the file comment. Throws aiayn::Error on misuse.
-void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx);
+// `touched` (n pointers, null ones ignored): the pointer arguments, noted as memory the launch may write.
+void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx, const void* const* touched = nullptr,
+              size_t n = 0);
 
+// Checks the pointer arguments and returns them (others as null).
 template <class Tuple, size_t... I>
-void check_pointer_arguments(const LaunchConfig& cfg, const Tuple& t, std::index_sequence<I...>) {
+std::array<const void*, sizeof...(I)> check_pointer_arguments(const LaunchConfig& cfg, const Tuple& t,
+                                                             std::index_sequence<I...>) {
+  std::array<const void*, sizeof...(I)> pointers{};
   auto one = [&](int index, const auto& value) {
-    if constexpr (std::is_pointer_v<std::decay_t<decltype(value)>>) check_pointer_argument(cfg, index, value);
+    if constexpr (std::is_pointer_v<std::decay_t<decltype(value)>>) {
+      check_pointer_argument(cfg, index, value);
+      pointers[size_t(index)] = value;
+    }
   };
   (one(int(I), std::get<I>(t)), ...);
+  return pointers;
 }
 
 // The emulated kernel<<<grid, block, smem, stream>>>(args...): arguments are converted to the kernel's parameter
@@ -113,8 +123,9 @@ void launch(const char* what, void (*kernel)(Params...), dim3 grid, dim3 block, 
   };
   Ctx ctx{kernel, Tuple(std::forward<Args>(args)...)};
   const LaunchConfig cfg{what, reinterpret_cast<const void*>(kernel), grid, block, smem, st};
-  check_pointer_arguments(cfg, ctx.params, std::index_sequence_for<Params...>{});
-  run_grid(cfg, [](void* p) { std::apply(static_cast<Ctx*>(p)->kernel, static_cast<Ctx*>(p)->params); }, &ctx);
+  const auto pointers = check_pointer_arguments(cfg, ctx.params, std::index_sequence_for<Params...>{});
+  run_grid(cfg, [](void* p) { std::apply(static_cast<Ctx*>(p)->kernel, static_cast<Ctx*>(p)->params); }, &ctx,
+           pointers.data(), pointers.size());
 }
 
 // The order in which runnable fibers (and blocks) are resumed; AIAYN_EMU_ORDER and AIAYN_EMU_SEED set it at start.
