@@ -173,10 +173,11 @@ void gemm_impl(const GemmArgs<T, TC>& g, Stream s) {
     return;
   }
   const bool epilogue_ok = g.beta == 0.0f && (!g.bias || reinterpret_cast<uintptr_t>(g.bias) % 16 == 0);
-  const bool use_epilogue = epilogue_ok && (g.bias || g.relu);
+  bool use_epilogue = epilogue_ok && (g.bias || g.relu);
   cublasLtEpilogue_t epilogue = CUBLASLT_EPILOGUE_DEFAULT;
   if (use_epilogue)
     epilogue = g.bias ? (g.relu ? CUBLASLT_EPILOGUE_RELU_BIAS : CUBLASLT_EPILOGUE_BIAS) : CUBLASLT_EPILOGUE_RELU;
+  const cublasLtEpilogue_t wanted_epilogue = epilogue;
   constexpr cudaDataType_t ab_type = cuda_data_type<T>(), c_type = cuda_data_type<TC>();
   constexpr int ab_bytes = sizeof(T), c_bytes = sizeof(TC);
 
@@ -211,18 +212,26 @@ void gemm_impl(const GemmArgs<T, TC>& g, Stream s) {
   const std::array<long, 15> key = {dev, g.trans_a, g.trans_b, g.m, g.n, g.k, g.lda, g.ldb, g.ldc,
                                     long(epilogue), align_a + 1000L * align_b, align_c, g.beta != 0.0f,
                                     long(ab_type) * 1000L + long(c_type), align_bias};
+  // Each entry: the algorithm, and whether it runs the epilogue (false: the heuristic had none for it).
   static std::mutex mu;
-  static std::map<std::array<long, 15>, cublasLtMatmulAlgo_t> algos;
+  static std::map<std::array<long, 15>, std::pair<cublasLtMatmulAlgo_t, bool>> algos;
   cublasLtMatmulAlgo_t algo{};
   bool cached = false;
   {
     std::lock_guard<std::mutex> lock(mu);
     auto it = algos.find(key);
     if (it != algos.end()) {
-      algo = it->second;
+      algo = it->second.first;
+      use_epilogue = it->second.second;
       cached = true;
     }
   }
+  auto drop_epilogue = [&] {
+    use_epilogue = false;
+    epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    AIAYN_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d.op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof(epilogue)));
+  };
+  if (cached && !use_epilogue && wanted_epilogue != CUBLASLT_EPILOGUE_DEFAULT) drop_epilogue();
   if (!cached) {
     AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&d.pref));
     const size_t ws = kWorkspaceBytes;
@@ -233,17 +242,26 @@ void gemm_impl(const GemmArgs<T, TC>& g, Stream s) {
     AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab, sizeof(ab)));
     AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ac, sizeof(ac)));
     AIAYN_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(d.pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ac, sizeof(ac)));
+    // No algorithm shows as CUBLAS_STATUS_NOT_SUPPORTED or as no result; without the epilogue (bias and ReLU
+    // then run in bias_act_kernel) the heuristic is asked once more.
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    AIAYN_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found));
-    AIAYN_CHECK(found > 0, "gemm: cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" +
-                               std::to_string(g.n) + " k=" + std::to_string(g.k) + " (A/B type " +
-                               std::to_string(int(ab_type)) + ", C type " + std::to_string(int(c_type)) +
-                               ", alignments " + std::to_string(align_a) + "/" + std::to_string(align_b) + "/" +
-                               std::to_string(align_c) + " bytes)");
+    cublasStatus_t status =
+        cublasLtMatmulAlgoGetHeuristic(ctx.handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found);
+    if ((status == CUBLAS_STATUS_NOT_SUPPORTED || (status == CUBLAS_STATUS_SUCCESS && found == 0)) && use_epilogue) {
+      drop_epilogue();
+      found = 0;
+      status = cublasLtMatmulAlgoGetHeuristic(ctx.handle, d.op, d.a, d.b, d.c, d.c, d.pref, 1, &result, &found);
+    }
+    AIAYN_CHECK(status == CUBLAS_STATUS_SUCCESS && found > 0,
+                "gemm: cuBLASLt found no algorithm for m=" + std::to_string(g.m) + " n=" + std::to_string(g.n) +
+                    " k=" + std::to_string(g.k) + " (A/B type " + std::to_string(int(ab_type)) + ", C type " +
+                    std::to_string(int(c_type)) + ", alignments " + std::to_string(align_a) + "/" +
+                    std::to_string(align_b) + "/" + std::to_string(align_c) + " bytes): " +
+                    cublasLtGetStatusString(status));
     algo = result.algo;
     std::lock_guard<std::mutex> lock(mu);
-    algos[key] = algo;
+    algos[key] = {algo, use_epilogue};
   }
   const float alpha = g.alpha, beta = g.beta;
   AIAYN_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, d.op, &alpha, g.b, d.a, g.a, d.b, &beta, g.c, d.c, g.c, d.c, &algo,
