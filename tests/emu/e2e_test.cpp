@@ -321,6 +321,24 @@ TEST_F(EmuEndToEnd, AnNcclErrorEndsTheJobWithItsMessage) {
                      "network error (emulated failure"), std::string::npos) << out;
 }
 
+// One rank under mpiexec, as the GPU check's nccl-1 stage runs it: a NCCL communicator of one (a plain process
+// keeps the local communicator), every bucket still all-reduced on the reducer's stream: the one rank's steps.
+TEST_F(EmuEndToEnd, OneRankUnderMpiexecAllReducesByNccl) {
+  ASSERT_NO_FATAL_FAILURE(emu_bf16());
+  const std::string run = scratch_ / "nccl1";
+  ASSERT_EQ(run_command("mpiexec --allow-run-as-root -np 1 " +
+                            train(emu_exe(), run, "--set device=cuda --set precision=bf16 --set train.max_steps=3"
+                                                  " --set train.bucket_mb=0.01"),
+                        scratch_ / "nccl1.log"),
+            0) << read_file(scratch_ / "nccl1.log");
+  auto one = values(dir("emu_bf16"), "loss");
+  one.resize(3);
+  EXPECT_EQ(values(run, "loss"), one);
+  const std::string log = read_file(run + "/log/rank-0.log");
+  EXPECT_NE(log.find("1 rank(s), device cuda, gradients by nccl,"), std::string::npos) << log;
+  EXPECT_NE(log.find("0 started during the backward pass"), std::string::npos) << log;
+}
+
 // (e) eval and translate on the emulated GPU against the CPU, of a checkpoint that translates (the 20-step runs
 // above only emit EOS): the tiny preset trained on the CPU for 300 steps (~15 s). The teacher-forced loss to 1e-5
 // relative, the same token accuracy, and beam search (beam 4) choosing the same hypotheses, hence the same BLEU.

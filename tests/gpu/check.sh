@@ -291,8 +291,10 @@ if want train; then
     if [[ $on_gpu == 1 ]]; then
       # 1 rank, gradients by a NCCL communicator of one, in small buckets on the reducer's own stream. Under
       # mpirun: NCCL's id travels by MPI, so a plain process keeps the local communicator (no NCCL at all).
+      # train.comm_timeout_s: a hung NCCL call ends the stage with its message inside the stage's time.
       launch=("${mpirun_cmd[@]}" -np 1)
-      train_stage nccl-1 60 100 AIAYN_GRADIENT_COMM=nccl -- --set device=cuda --set precision=fp32 "${small_buckets[@]}"
+      train_stage nccl-1 60 100 AIAYN_GRADIENT_COMM=nccl -- --set device=cuda --set precision=fp32 "${small_buckets[@]}" \
+        --set train.comm_timeout_s=40
       launch=()
       status=$stage_status
       if [[ $stage_rc == 0 ]] && ! grep -q "1 rank(s), device cuda, gradients by nccl" "$work/runs/nccl-1/log/rank-0.log"; then
