@@ -82,6 +82,25 @@ double max_relative(const std::vector<double>& a, const std::vector<double>& b) 
   return worst;
 }
 
+// The first `steps` losses and the step-`steps` parameters and Adam moments of `run` equal those of `one_rank`.
+void expect_same_steps(const std::string& run, const std::string& one_rank, int steps) {
+  auto one = values(one_rank, "loss");
+  one.resize(static_cast<size_t>(steps));
+  EXPECT_EQ(values(run, "loss"), one);
+  const auto a = checkpoint_tensors(checkpoint(one_rank, steps), true), b = checkpoint_tensors(checkpoint(run, steps), true);
+  for (const auto& [name, x] : a) EXPECT_EQ(x, b.at(name)) << name;
+}
+// A rank's log names the gradient path (`says`) and has more than 10 buckets, every one started from the
+// backward pass.
+void expect_every_bucket_early(const std::string& log, const std::string& says) {
+  EXPECT_NE(log.find(says), std::string::npos) << log;
+  std::smatch m;
+  std::regex_search(log, m, std::regex(R"((\d+) bucket\(s\) of up to \d+ floats, (\d+) started during)"));
+  ASSERT_EQ(m.size(), 3u) << log;
+  EXPECT_GT(std::stoi(m[1]), 10) << log;
+  EXPECT_EQ(std::stoi(m[2]), std::stoi(m[1])) << "every bucket should start from the backward pass: " << log;
+}
+
 class EmuEndToEnd : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -238,21 +257,11 @@ TEST_F(EmuEndToEnd, TwoRanksWithHostStagedGradientsTakeTheOneRankSteps) {
                                                        " --set train.bucket_mb=0.01"),
                              scratch_ / "two.log");
   ASSERT_EQ(rc, 0) << read_file(scratch_ / "two.log");
-  auto one = values(dir("emu_bf16"), "loss");
-  one.resize(10);
-  EXPECT_EQ(values(run, "loss"), one);
+  expect_same_steps(run, dir("emu_bf16"), 10);
   const auto v2 = values(run, "valid_loss"), v1 = values(dir("emu_bf16"), "valid_loss");
   ASSERT_EQ(v2.size(), 1u);
   EXPECT_NEAR(v2[0], v1[0], 1e-12 * v1[0]);
-  const auto a = checkpoint_tensors(checkpoint(dir("emu_bf16"), 10), true), b = checkpoint_tensors(checkpoint(run, 10), true);
-  for (const auto& [name, x] : a) EXPECT_EQ(x, b.at(name)) << name;
-  const std::string log = read_file(run + "/log/rank-0.log");
-  EXPECT_NE(log.find("2 rank(s), device cuda, gradients by mpi (host-staged),"), std::string::npos) << log;
-  std::smatch m;
-  std::regex_search(log, m, std::regex(R"((\d+) bucket\(s\) of up to \d+ floats, (\d+) started during)"));
-  ASSERT_EQ(m.size(), 3u) << log;
-  EXPECT_GT(std::stoi(m[1]), 10) << log;
-  EXPECT_EQ(std::stoi(m[2]), std::stoi(m[1])) << "every bucket should start from the backward pass: " << log;
+  expect_every_bucket_early(read_file(run + "/log/rank-0.log"), "2 rank(s), device cuda, gradients by mpi (host-staged),");
 }
 
 // (d') The same with the NCCL communicator, as `mpirun -np 2 aiayn train` on two GPUs runs it: a non-blocking
@@ -264,20 +273,9 @@ TEST_F(EmuEndToEnd, TwoRanksWithNcclTakeTheOneRankSteps) {
   ASSERT_NO_FATAL_FAILURE(emu_bf16());
   ASSERT_NO_FATAL_FAILURE(emu_nccl2());
   const std::string run = dir("emu_nccl2");
-  auto one = values(dir("emu_bf16"), "loss");
-  one.resize(10);
-  EXPECT_EQ(values(run, "loss"), one);
-  const auto a = checkpoint_tensors(checkpoint(dir("emu_bf16"), 10), true), b = checkpoint_tensors(checkpoint(run, 10), true);
-  for (const auto& [name, x] : a) EXPECT_EQ(x, b.at(name)) << name;
-  for (const char* rank_log : {"/log/rank-0.log", "/log/rank-1.log"}) {
-    const std::string log = read_file(run + rank_log);
-    EXPECT_NE(log.find("2 rank(s), device cuda, gradients by nccl,"), std::string::npos) << log;
-    std::smatch m;
-    std::regex_search(log, m, std::regex(R"((\d+) bucket\(s\) of up to \d+ floats, (\d+) started during)"));
-    ASSERT_EQ(m.size(), 3u) << log;
-    EXPECT_GT(std::stoi(m[1]), 10) << log;
-    EXPECT_EQ(std::stoi(m[2]), std::stoi(m[1])) << "every bucket should start from the backward pass: " << log;
-  }
+  expect_same_steps(run, dir("emu_bf16"), 10);
+  for (const char* log : {"/log/rank-0.log", "/log/rank-1.log"})
+    expect_every_bucket_early(read_file(run + log), "2 rank(s), device cuda, gradients by nccl,");
 }
 
 // A rank that hangs (AIAYN_EMU_NCCL_HANG: rank 1 stops inside its third ncclAllReduce, i.e. at step 3 with one
