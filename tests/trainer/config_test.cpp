@@ -42,8 +42,9 @@ TEST(Config, PresetsLoadAndSmallMatchesTheIssue) {
 
 TEST(Config, OverridesApplyAndRoundTrip) {
   const Config c = Config::parse("model:\n  d_model: 64\n  heads: 4\n", "inline",
-                                 {"train.max_steps=17", "model.pre_norm=true", "device=cpu"});
+                                 {"train.max_steps=17", "model.pre_norm=true", "device=cpu", "train.comm_timeout_s=45"});
   EXPECT_EQ(c.train.max_steps, 17);
+  EXPECT_EQ(c.train.comm_timeout_s, 45.0);
   EXPECT_TRUE(c.model.pre_norm);
   EXPECT_EQ(c.device, "cpu");
   const Config again = Config::parse(c.to_yaml(), "resolved");
@@ -57,6 +58,8 @@ TEST(Config, BadValuesNameTheKey) {
   EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.lr_scale=abc"}); }).find("'train.lr_scale'"), std::string::npos);
   EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"model.heads=7"}); }).find("'model.heads'"), std::string::npos);
   EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"device=tpu"}); }).find("'device'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.comm_timeout_s=0"}); }).find("'train.comm_timeout_s'"),
+            std::string::npos);
   EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"nonsense"}); }).find("nonsense"), std::string::npos);
   EXPECT_NE(error_of([] { Config::parse("model: [1, 2\n", "broken.yaml"); }).find("broken.yaml"), std::string::npos);
   EXPECT_NE(error_of([] { Config::load("/nonexistent/x.yaml"); }).find("/nonexistent/x.yaml"), std::string::npos);
