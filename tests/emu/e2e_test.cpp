@@ -276,6 +276,21 @@ TEST_F(EmuEndToEnd, TwoRanksWithNcclTakeTheOneRankSteps) {
   expect_same_steps(run, dir("emu_bf16"), 10);
   for (const char* log : {"/log/rank-0.log", "/log/rank-1.log"})
     expect_every_bucket_early(read_file(run + log), "2 rank(s), device cuda, gradients by nccl,");
+  // The overlap, in program order: all-reduces stay in flight together while the backward pass goes on
+  // enqueueing kernels (a reducer that waited for each bucket would show 1 and 0). Measured: 114 buckets per
+  // step, at most 114 in flight, 94 other operations per step enqueued meanwhile.
+  const std::string out = read_file(dir("emu_nccl2") + ".log");
+  const std::regex line(R"(ncclComm of rank (\d): (\d+) ncclAllReduce call\(s\), at most (\d+) in flight at once, (\d+) other)");
+  int reports = 0;
+  for (auto it = std::sregex_iterator(out.begin(), out.end(), line); it != std::sregex_iterator(); ++it, ++reports) {
+    const std::smatch& m = *it;
+    std::printf("rank %s: %s all-reduces, at most %s in flight, %s other operations meanwhile\n", m[1].str().c_str(),
+                m[2].str().c_str(), m[3].str().c_str(), m[4].str().c_str());
+    EXPECT_GT(std::stoi(m[2]), 100);
+    EXPECT_GT(std::stoi(m[3]), 10) << "buckets should stay in flight together";
+    EXPECT_GT(std::stoi(m[4]), 100) << "the backward pass should go on while buckets are in flight";
+  }
+  EXPECT_EQ(reports, 2) << out;
 }
 
 // A rank that hangs (AIAYN_EMU_NCCL_HANG: rank 1 stops inside its third ncclAllReduce, i.e. at step 3 with one

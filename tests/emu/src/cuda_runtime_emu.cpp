@@ -354,6 +354,13 @@ void order_operation(cudaStream_t s, const char* what, const void* const* ptrs, 
   }
 }
 
+uint64_t operations_issued() {
+  std::lock_guard<std::mutex> lock(rt().mu);
+  uint64_t total = 0;
+  for (const auto& [k, n] : rt().issued) total += n;
+  return total;
+}
+
 std::string unordered_touch(cudaStream_t s, const void* p) {
   std::lock_guard<std::mutex> lock(rt().mu);
   uintptr_t base = 0;

@@ -80,6 +80,8 @@ void order_operation(cudaStream_t s, const char* what, const void* const* ptrs, 
 // otherwise says which operation is not (used where an operation would read memory another stream may still be
 // writing: the fake NCCL's input).
 std::string unordered_touch(cudaStream_t s, const void* p);
+// Operations enqueued on every stream so far.
+uint64_t operations_issued();
 // Maximum dynamic shared memory a kernel may request (48 KiB unless raised by cudaFuncSetAttribute).
 size_t max_dynamic_shared(const void* kernel);
 constexpr size_t kDefaultDynamicShared = 48 * 1024;

@@ -53,6 +53,19 @@ struct CommState {
   bool aborted = false;
   ncclResult_t async = ncclSuccess;  // ncclInProgress, or the first asynchronous error
   std::string last_error;
+  // What overlapped the all-reduces (reported when the communicator is destroyed): how many were in flight at
+  // once, and how many other operations (kernels, copies, library calls) were enqueued while any was.
+  int64_t calls = 0, in_flight = 0, most_in_flight = 0;
+  uint64_t busy_since = 0, overlapped = 0, own_during = 0;
+  void started() {
+    ++calls;
+    if (in_flight++ == 0) busy_since = operations_issued(), own_during = 0;
+    ++own_during;
+    most_in_flight = std::max(most_in_flight, in_flight);
+  }
+  void ended() {
+    if (--in_flight == 0) overlapped += operations_issued() - busy_since - own_during;
+  }
 };
 
 struct Op {
@@ -66,6 +79,11 @@ struct Op {
   bool advance(bool wait) {
     if (done) return true;
     if (comm->aborted) return done = true;  // abandoned: the output keeps what it had
+    if (!complete(wait)) return false;
+    comm->ended();
+    return done = true;
+  }
+  bool complete(bool wait) {
     if (wait) {
       MPI_Waitall(int(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
     } else {
@@ -75,7 +93,7 @@ struct Op {
     }
     if (fail) {
       set_error(ncclRemoteError, "emulated failure (AIAYN_EMU_NCCL_ERROR): the connection to a peer closed");
-      return done = true;
+      return true;
     }
     std::string why;
     if (!staged.empty() && !device_range_ok(out, staged.size() * sizeof(float), &why)) {
@@ -86,7 +104,7 @@ struct Op {
       std::memcpy(out, staged.data(), staged.size() * sizeof(float));
       access.close();
     }
-    return done = true;
+    return true;
   }
   void set_error(ncclResult_t r, const std::string& why) {
     if (comm->async == ncclSuccess || comm->async == ncclInProgress) comm->async = r;
@@ -279,6 +297,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
   auto& ops = comm->ops;
   ops.erase(std::remove_if(ops.begin(), ops.end(), [](const auto& x) { return x->done; }), ops.end());
   ops.push_back(o);
+  s.started();
   stream_add_work(stream, [o](bool wait) { return o->advance(wait); });
   const void* touched[2] = {sendbuff, recvbuff};
   order_operation(stream, "ncclAllReduce", touched, 2);
@@ -308,6 +327,10 @@ ncclResult_t ncclCommDestroy(ncclComm_t comm) {
     for (auto& o : comm->ops) o->advance(true);  // NCCL flushes them (ncclCommDestroy without finalize)
   }
   if (comm->init != MPI_REQUEST_NULL) MPI_Wait(&comm->init, MPI_STATUS_IGNORE);
+  const CommState& s = *comm->state;
+  report("ncclComm of rank " + std::to_string(s.rank) + ": " + std::to_string(s.calls) + " ncclAllReduce call(s), at most " +
+         std::to_string(s.most_in_flight) + " in flight at once, " + std::to_string(s.overlapped) +
+         " other operation(s) enqueued while one was in flight");
   MPI_Comm_free(&comm->state->mpi);
   comm->magic = 0;
   delete comm;
