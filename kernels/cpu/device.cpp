@@ -1,5 +1,8 @@
 // Device discovery and memory: the CPU side here, the CUDA side behind kernels/cuda/runtime.cu.
+#include <pthread.h>
+
 #include <algorithm>
+#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <new>
@@ -98,6 +101,14 @@ void set_cpu_threads(int n) {
 }
 
 int cpu_threads() { return omp_get_max_threads(); }
+
+void cpu_workers_block_signals(const int* signals, size_t n) {
+  sigset_t set;
+  sigemptyset(&set);
+  for (size_t i = 0; i < n; ++i) sigaddset(&set, signals[i]);
+#pragma omp parallel
+  if (omp_get_thread_num() != 0) pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
 
 std::string cpu_backend_description() { return cpu::blas_description(); }
 

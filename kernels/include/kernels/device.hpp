@@ -44,6 +44,9 @@ void stream_wait_event(Device d, Stream s, Event e);
 // Threads the CPU backend uses per process (OpenMP loops and BLAS); n >= 1.
 void set_cpu_threads(int n);
 int cpu_threads();
+// Blocks `signals` in the CPU backend's worker threads (every OpenMP thread but the caller), so that a
+// process-directed signal is taken by the calling thread, never inside a worker's BLAS code.
+void cpu_workers_block_signals(const int* signals, size_t n);
 // One line for logs: the BLAS library and core type in use.
 std::string cpu_backend_description();
 
