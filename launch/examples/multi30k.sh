@@ -27,7 +27,7 @@ fi
 resume=(); [[ -f "$work/run/checkpoints/LATEST" ]] && resume=(--resume)
 echo "==> training the small preset on $ranks rank(s)"
 t0=$(date +%s)
-mpirun --oversubscribe -np "$ranks" "$aiayn" train --config "$root/launch/configs/small.yaml" \
+"$root/launch/stoppable.sh" mpirun --oversubscribe -np "$ranks" "$aiayn" train --config "$root/launch/configs/small.yaml" \
   --set train.max_minutes="$minutes" --data "$work/data" --run-dir "$work/run" "${resume[@]}"
 echo "trained in $(( $(date +%s) - t0 ))s"
 

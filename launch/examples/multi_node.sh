@@ -12,6 +12,8 @@ set -euo pipefail
 hosts=${1:?usage: $0 HOSTFILE DATA_DIR RUN_DIR [RANKS]}; data=${2:?}; run=${3:?}; ranks=${4:-16}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 resume=(); [[ -f "$run/checkpoints/LATEST" ]] && resume=(--resume)
-mpirun -np "$ranks" --hostfile "$hosts" --bind-to none \
+# launch/stoppable.sh: SIGTERM or SIGUSR1 to this script stops every rank at the next step with a checkpoint
+# (status 75; run the script again to resume).
+"$root/launch/stoppable.sh" mpirun -np "$ranks" --hostfile "$hosts" --bind-to none \
   -x NCCL_SOCKET_IFNAME -x NCCL_IB_HCA -x NCCL_IB_DISABLE -x NCCL_DEBUG -x LD_LIBRARY_PATH \
   "$root/build/aiayn" train --config "$root/launch/configs/big.yaml" --data "$data" --run-dir "$run" "${resume[@]}"

@@ -7,6 +7,7 @@ set -euo pipefail
 data=${1:?usage: $0 DATA_DIR RUN_DIR}; run=${2:?usage: $0 DATA_DIR RUN_DIR}
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 resume=(); [[ -f "$run/checkpoints/LATEST" ]] && resume=(--resume)   # a preempted run continues where it stopped
-mpirun -np 8 --bind-to none "$root/build/aiayn" train --config "$root/launch/configs/base.yaml" \
+# launch/stoppable.sh: SIGTERM or SIGUSR1 to this script reaches every rank as SIGUSR1 (mpirun would kill the
+# ranks on SIGTERM). Exit status 75: stopped after writing a checkpoint; run this script again to resume.
+"$root/launch/stoppable.sh" mpirun -np 8 --bind-to none "$root/build/aiayn" train --config "$root/launch/configs/base.yaml" \
   --set train.max_tokens_per_rank=12500 --data "$data" --run-dir "$run" "${resume[@]}"
-# Exit status 75: stopped by SIGUSR1/SIGTERM after writing a checkpoint; run this script again to resume.
