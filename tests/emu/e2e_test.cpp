@@ -395,7 +395,8 @@ TEST_F(EmuEndToEnd, EvalAndTranslateOnTheEmulatedGpuMatchTheCpu) {
 }
 
 // A NaN in one rank's gradient on the emulated GPU (written into device memory as if the backward pass made it;
-// gradients by the NCCL communicator) makes both ranks skip the step: parameters, Adam moments and hence the bf16 copy unchanged; training goes on.
+// gradients by the NCCL communicator) makes both ranks skip the step: parameters, Adam moments and hence the
+// bf16 copy unchanged; training goes on.
 TEST_F(EmuEndToEnd, NonFiniteGradientOnOneRankSkipsTheStepOnBoth) {
   const std::string run = scratch_ / "nan";
   const int rc = run_command("env AIAYN_TEST_NAN_AT=1:3 " + launcher(2) +

@@ -75,7 +75,7 @@ struct Runtime {
   struct Touch {
     cudaStream_t stream;
     uint64_t op;
-    std::string what;
+    const char* what;  // a launch's or an API's name: a string literal
   };
   VectorClock issued, host;
   std::map<cudaStream_t, VectorClock> seen;
@@ -370,7 +370,7 @@ std::string unordered_touch(cudaStream_t s, const void* p) {
   if (it == rt().touched.end() || it->second.stream == k) return "";
   const Runtime::Touch& t = it->second;
   if (clock_now(k)[t.stream] >= t.op) return "";
-  return "its memory was last touched by " + t.what + " (operation " + std::to_string(t.op) + " on " +
+  return "its memory was last touched by " + std::string(t.what) + " (operation " + std::to_string(t.op) + " on " +
          stream_name(t.stream) + "), which nothing orders before " + stream_name(k) +
          " (no event recorded after it and waited for, no synchronisation)";
 }
@@ -418,7 +418,9 @@ cudaError_t cudaGetDevice(int* device) {
   *device = 0;
   return cudaSuccess;
 }
-static void host_knows_everything() {
+// Everything in flight completes, and the host has waited for every operation so far.
+static void synchronize_device() {
+  finish(all_in_flight(), true);
   std::lock_guard<std::mutex> lock(rt().mu);
   host_knows(rt().issued);
 }
@@ -432,8 +434,7 @@ static void note(cudaStream_t s, const char* what, const void* a, const void* b 
   order_operation(s, what, p, 2);
 }
 cudaError_t cudaDeviceSynchronize(void) {
-  finish(all_in_flight(), true);
-  host_knows_everything();
+  synchronize_device();
   return cudaSuccess;
 }
 cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
@@ -455,8 +456,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
 // ---- memory ----
 cudaError_t cudaMalloc(void** devPtr, size_t size) { return alloc(devPtr, size, "cudaMalloc"); }
 cudaError_t cudaFree(void* devPtr) {
-  finish(all_in_flight(), true);  // cudaFree synchronises the device
-  host_knows_everything();
+  synchronize_device();  // cudaFree synchronises the device
   return release(devPtr, "cudaFree");
 }
 cudaError_t cudaMallocAsync(void** devPtr, size_t size, cudaStream_t hStream) {

@@ -75,6 +75,7 @@ void stream_order(cudaStream_t s);
 // operations ordered before its next one: its own, those of events it waited for, those the host synchronised
 // with before enqueueing (cudaStreamSynchronize, cudaEventSynchronize, a successful query, cudaMemcpy,
 // cudaDeviceSynchronize, cudaFree), and CUDA's implicit ordering between the legacy and blocking streams.
+// `what` is kept, not copied: a string literal (the launch's or the API's name).
 void order_operation(cudaStream_t s, const char* what, const void* const* ptrs, size_t n);
 // Empty when the last operation that touched the allocation holding p is ordered before work enqueued on s now;
 // otherwise says which operation is not (used where an operation would read memory another stream may still be

@@ -121,7 +121,6 @@ struct ncclComm {
   MPI_Request init = MPI_REQUEST_NULL;  // the MPI_Comm_idup of a non-blocking init
   uint64_t id_hash = 0;
   bool finalizing = false;
-  int64_t calls = 0;  // ncclAllReduce calls so far
   std::vector<std::shared_ptr<aiayn::emu::Op>> ops;
 };
 
@@ -273,7 +272,7 @@ ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, size_t count, n
   const std::string race = count > 0 ? unordered_touch(stream, sendbuff) : std::string();
   if (!race.empty())
     return fail(comm, ncclInvalidUsage, "ncclAllReduce: the input may not be complete when the stream reaches it: " + race);
-  const int64_t call = ++comm->calls;
+  const int64_t call = s.calls + 1;  // s.started() counts it
   if (injected("AIAYN_EMU_NCCL_HANG", s.rank, call)) {
     report("ncclAllReduce: rank " + std::to_string(s.rank) + " hangs in call " + std::to_string(call) +
            " (AIAYN_EMU_NCCL_HANG)");
