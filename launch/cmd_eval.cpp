@@ -1,5 +1,5 @@
 // aiayn eval --checkpoint FILE --data FILE.h5 [--bleu] [--beam K] [--lenpen A] [--max-len-b N]
-//            [--device cpu|cuda|auto] [--batch-tokens N]
+//            [--device cpu|cuda|auto] [--batch-tokens N] [--sentences N]
 // One JSON object on stdout (rank 0), the human summary on stderr. Under mpirun the set is split across ranks.
 #include <cstdio>
 #include <memory>
@@ -23,6 +23,7 @@ void add_eval_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--max-len-b", opts->max_len_b, "maximum output length = source length + N (default: eval.max_len_b)");
   cmd->add_option("--device", opts->device, "auto | cpu | cuda")->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   cmd->add_option("--batch-tokens", opts->batch_tokens, "loss: padded tokens per batch; decoding: sentences x beam x (source length + max_len_b + 1)");
+  cmd->add_option("--sentences", opts->sentences, "BLEU on the first N pairs only (0 = all; training's validation BLEU uses train.valid_bleu_sentences)");
   cmd->add_option("--threads", opts->threads, "CPU threads per rank (0 = cores / ranks on the node)");
   cmd->callback([opts, beam_opt, &ctx]() {
     AIAYN_CHECK(beam_opt->count() == 0 || opts->beam >= 1, "--beam must be at least 1 (got " + std::to_string(opts->beam) + ")");

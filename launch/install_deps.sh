@@ -12,6 +12,7 @@ packages=(
   libyaml-cpp-dev
   libcli11-dev
   nlohmann-json3-dev
+  libprotobuf-c-dev protobuf-c-compiler libboost-dev
   libopenblas0-pthread libdnnl2
   zlib1g-dev
   libgtest-dev libgmock-dev

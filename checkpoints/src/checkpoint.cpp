@@ -183,6 +183,16 @@ std::string save_checkpoint(const std::string& dir, const SaveRequest& request) 
   return path;
 }
 
+void save_checkpoint_file(const std::string& path, const SaveRequest& request) {
+  AIAYN_CHECK(request.adam_m.empty() == request.adam_v.empty(),
+              "save_checkpoint_file: adam_m and adam_v must be both given or both empty");
+  if (!request.adam_m.empty()) {
+    check_same_layout(request.model, request.adam_m, "adam_m");
+    check_same_layout(request.model, request.adam_v, "adam_v");
+  }
+  detail::commit_atomically(path, [&](const std::string& tmp) { write_request(tmp, request, !request.adam_m.empty()); });
+}
+
 void save_model_file(const std::string& path, const SaveRequest& request) {
   AIAYN_CHECK(request.adam_m.empty() && request.adam_v.empty(),
               "save_model_file " + path + ": a model-only file takes no optimizer state");

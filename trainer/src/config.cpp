@@ -66,6 +66,9 @@ const std::vector<Key>& schema() {
     add("train.seed", Kind::Int, 0, 9007199254740991.0, t(&TrainSection::seed));
     add("train.log_every", Kind::Int, 1, big, t(&TrainSection::log_every));
     add("train.valid_every", Kind::Int, 0, big, t(&TrainSection::valid_every));
+    add("train.valid_bleu_every", Kind::Int, 0, big, t(&TrainSection::valid_bleu_every));
+    add("train.valid_bleu_sentences", Kind::Int, 1, big, t(&TrainSection::valid_bleu_sentences));
+    add("train.patience", Kind::Int, 0, big, t(&TrainSection::patience));
     add("train.max_consecutive_skips", Kind::Int, 1, big, t(&TrainSection::max_consecutive_skips));
     add("train.threads", Kind::Int, 0, 1024, t(&TrainSection::threads));
     add("train.shards", Kind::Int, 1, 65536, t(&TrainSection::shards));
@@ -75,6 +78,8 @@ const std::vector<Key>& schema() {
     add("checkpoint.every_minutes", Kind::Real, 0, big, ck(&CheckpointSection::every_minutes));
     add("checkpoint.keep_last", Kind::Int, 1, big, ck(&CheckpointSection::keep_last));
     add("checkpoint.average_last", Kind::Int, 0, big, ck(&CheckpointSection::average_last));
+    add("checkpoint.keep_best", Kind::Bool, 0, 0, ck(&CheckpointSection::keep_best));
+    add("checkpoint.best_metric", Kind::Choice, 0, 0, ck(&CheckpointSection::best_metric), false, {"auto", "bleu", "loss"});
     add("eval.beam", Kind::Int, 1, 1024, e(&EvalSection::beam));
     add("eval.lenpen", Kind::Real, 0, 100, e(&EvalSection::lenpen));
     add("eval.max_len_b", Kind::Int, 0, 100000, e(&EvalSection::max_len_b));
@@ -183,6 +188,14 @@ void validate(const Config& c, const std::string& origin) {
     fail("train.max_tokens_per_rank", fmt::format("must not exceed train.batch_tokens ({})", c.train.batch_tokens));
   if (c.train.max_steps == 0 && c.train.max_epochs == 0 && c.train.max_minutes == 0)
     fail("train.max_steps", "no stop condition: set max_steps, max_epochs or max_minutes");
+  if (c.checkpoint.best_metric == "bleu" && c.train.valid_bleu_every == 0)
+    fail("checkpoint.best_metric", "'bleu' needs validation BLEU (set train.valid_bleu_every > 0)");
+  if (c.train.patience > 0) {
+    if (c.best_metric() == "bleu" && c.train.valid_bleu_every == 0)
+      fail("train.patience", "counts validations of BLEU, but train.valid_bleu_every is 0 (no validation BLEU)");
+    if (c.best_metric() == "loss" && c.train.valid_every == 0)
+      fail("train.patience", "counts validations of the loss, but train.valid_every is 0 (no validation)");
+  }
 }
 
 }  // namespace
@@ -243,6 +256,11 @@ std::string Config::to_yaml() const {
     out += indent + leaf + ": " + value + "\n";
   }
   return out;
+}
+
+std::string Config::best_metric() const {
+  if (checkpoint.best_metric != "auto") return checkpoint.best_metric;
+  return train.valid_bleu_every > 0 ? "bleu" : "loss";
 }
 
 std::string Config::hash() const {

@@ -84,15 +84,6 @@ std::vector<std::vector<int64_t>> decode_batches(const std::vector<int32_t>& len
   return batches;
 }
 
-BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t max_len_b) {
-  BeamOptions o;
-  o.beam = static_cast<int>(beam > 0 ? beam : cfg.eval.beam);
-  o.lenpen = lenpen >= 0 ? lenpen : cfg.eval.lenpen;
-  o.max_len_b = static_cast<int>(max_len_b >= 0 ? max_len_b : cfg.eval.max_len_b);
-  AIAYN_CHECK(o.beam >= 1, fmt::format("--beam must be at least 1 (got {})", o.beam));
-  return o;
-}
-
 // [first, last) of n items for `rank` of `world`, contiguous and balanced.
 std::pair<size_t, size_t> block_of(size_t n, int rank, int world) {
   return {n * rank / world, n * (rank + 1) / world};
@@ -109,6 +100,44 @@ std::shared_ptr<spdlog::logger> stderr_logger(bool console) {
 }
 
 }  // namespace
+
+BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t max_len_b) {
+  BeamOptions o;
+  o.beam = static_cast<int>(beam > 0 ? beam : cfg.eval.beam);
+  o.lenpen = lenpen >= 0 ? lenpen : cfg.eval.lenpen;
+  o.max_len_b = static_cast<int>(max_len_b >= 0 ? max_len_b : cfg.eval.max_len_b);
+  AIAYN_CHECK(o.beam >= 1, fmt::format("--beam must be at least 1 (got {})", o.beam));
+  return o;
+}
+
+BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& tokenizer, data::CorpusReader& corpus,
+                                int64_t sentences, const BeamOptions& beam, int64_t batch_tokens,
+                                comm::Communicator& comm) {
+  const int rank = comm.rank(), world = comm.size();
+  const data::CorpusInfo& info = corpus.info();
+  AIAYN_CHECK(info.has_text, "the corpus has no raw reference text (/tgt/text) to score BLEU against");
+  const int64_t n = sentences > 0 ? std::min<int64_t>(sentences, info.pairs) : info.pairs;
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::vector<int32_t> src_len(corpus.src_lengths().begin(), corpus.src_lengths().begin() + n);
+  const auto batches = decode_batches(src_len, beam, batch_tokens);
+  const auto [d0, d1] = block_of(batches.size(), rank, world);
+  IncrementalDecoder<float> decoder(model);
+  nlohmann::json hyps_mine = nlohmann::json::array();
+  for (size_t i = d0; i < d1; ++i) {
+    std::vector<std::vector<int32_t>> srcs;
+    for (auto& p : corpus.read_pairs(batches[i])) srcs.push_back(std::move(p.src));
+    const auto hyps = beam_search(decoder, srcs, beam);
+    for (size_t j = 0; j < hyps.size(); ++j) hyps_mine.push_back({batches[i][j], tokenizer.decode(hyps[j].tokens)});
+  }
+  std::vector<std::string> hyps(static_cast<size_t>(n));
+  for (const std::string& part : comm.all_gather_host(hyps_mine.dump()))
+    for (const auto& row : nlohmann::json::parse(part)) hyps.at(row[0].get<int64_t>()) = row[1].get<std::string>();
+  BleuEvaluation out;
+  out.sentences = n;
+  out.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  out.bleu = corpus_bleu(hyps, corpus.read_text("tgt", 0, n));
+  return out;
+}
 
 std::vector<Hypothesis> decode_in_batches(IncrementalDecoder<float>& decoder,
                                           const std::vector<std::vector<int32_t>>& sources,
@@ -183,35 +212,22 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
   // ---- beam search and BLEU ----
   AIAYN_CHECK(info.has_text, fmt::format("{}: has no raw reference text (/tgt/text); BLEU needs a held-out split "
                                          "written by `aiayn prepare`", opt.data));
-  const auto t0 = std::chrono::steady_clock::now();
-  const auto batches = decode_batches(src_len, beam, opt.batch_tokens);
-  const auto [d0, d1] = block_of(batches.size(), rank, world);
-  IncrementalDecoder<float> decoder(model);
-  nlohmann::json hyps_mine = nlohmann::json::array();
-  for (size_t i = d0; i < d1; ++i) {
-    std::vector<std::vector<int32_t>> srcs;
-    for (auto& p : corpus.read_pairs(batches[i])) srcs.push_back(std::move(p.src));
-    const auto hyps = beam_search(decoder, srcs, beam);
-    for (size_t j = 0; j < hyps.size(); ++j) hyps_mine.push_back({batches[i][j], im.tokenizer->decode(hyps[j].tokens)});
-  }
-  std::vector<std::string> hyps(static_cast<size_t>(info.pairs));
-  for (const std::string& part : comm.all_gather_host(hyps_mine.dump()))
-    for (const auto& row : nlohmann::json::parse(part)) hyps.at(row[0].get<int64_t>()) = row[1].get<std::string>();
-  const double decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  const std::vector<std::string> refs = corpus.read_text("tgt", 0, info.pairs);
-  const BleuResult bleu = corpus_bleu(hyps, refs);
+  AIAYN_CHECK(opt.sentences >= 0, fmt::format("--sentences must not be negative (got {})", opt.sentences));
+  const BleuEvaluation eval = decode_and_score(model, *im.tokenizer, corpus, opt.sentences, beam, opt.batch_tokens, comm);
+  const BleuResult& bleu = eval.bleu;
+  const double decode_s = eval.decode_s;
   out["bleu"] = bleu.score;
   out["signature"] = bleu.signature;
   out["beam"] = beam.beam;
   out["lenpen"] = beam.lenpen;
   out["max_len_b"] = beam.max_len_b;
-  out["sentences"] = info.pairs;
+  out["sentences"] = eval.sentences;
   out["decode_s"] = decode_s;
   if (rank == 0) {
     log->info("{}", bleu.summary_line());
     log->info("{}", bleu.signature);
     log->info("decoded {} sentences in {:.2f} s ({:.1f} sentences/s) with beam {}, lenpen {}, max_len_b {} on {} rank(s)",
-              info.pairs, decode_s, static_cast<double>(info.pairs) / std::max(decode_s, 1e-9), beam.beam, beam.lenpen,
+              eval.sentences, decode_s, static_cast<double>(eval.sentences) / std::max(decode_s, 1e-9), beam.beam, beam.lenpen,
               beam.max_len_b, world);
   }
   return out;

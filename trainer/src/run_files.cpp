@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 
 #include "aiayn/error.hpp"
 
@@ -114,14 +115,46 @@ VocabInfo parse_vocab_yaml(const std::string& text, const std::string& origin) {
   return v;
 }
 
-std::string trainer_state_yaml(int64_t skipped_steps) { return fmt::format("skipped_steps: {}\n", skipped_steps); }
+std::string trainer_state_yaml(const TrainerState& s) {
+  std::string out = fmt::format("skipped_steps: {}\n", s.skipped_steps);
+  if (s.best_step >= 0)
+    out += fmt::format("best_metric: {}\nbest_step: {}\nbest_score: {}\nvalidations_without_improvement: {}\n",
+                       s.best_metric, s.best_step, s.best_score, s.validations_without_improvement);
+  return out;
+}
 
-int64_t parse_trainer_state(const std::string& text, const std::string& origin) {
+TrainerState parse_trainer_state(const std::string& text, const std::string& origin) {
+  TrainerState s;
   try {
-    return YAML::Load(text)["skipped_steps"].as<int64_t>();
+    const YAML::Node n = YAML::Load(text);
+    s.skipped_steps = n["skipped_steps"].as<int64_t>();
+    if (n["best_step"]) {
+      s.best_metric = n["best_metric"].as<std::string>();
+      s.best_step = n["best_step"].as<int64_t>();
+      s.best_score = n["best_score"].as<double>();
+      s.validations_without_improvement = n["validations_without_improvement"].as<int64_t>();
+    }
   } catch (const YAML::Exception& e) {
     AIAYN_FAIL(fmt::format("{}: /extra/trainer_state.yaml is damaged: {}", origin, e.what()));
   }
+  return s;
+}
+
+void drop_metrics_after(const std::filesystem::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  bool dropped = false;
+  while (std::getline(in, line)) {
+    const auto j = nlohmann::json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("step") || !j["step"].is_number_integer() ||
+        j["step"].get<int64_t>() > step) {
+      dropped = true;
+      continue;
+    }
+    kept += line + "\n";
+  }
+  if (dropped) write_text_atomically(path, kept);
 }
 
 }  // namespace aiayn::trainer

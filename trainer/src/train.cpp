@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <sstream>
 
@@ -22,12 +23,16 @@
 #include "data/batch_planner.hpp"
 #include "data/corpus.hpp"
 #include "kernels/ops.hpp"
+#include "trainer/best_tracker.hpp"
+#include "trainer/checkpointer.hpp"
 #include "trainer/config.hpp"
 #include "trainer/gradient_reducer.hpp"
 #include "trainer/model.hpp"
 #include "trainer/run_files.hpp"
 #include "trainer/runtime.hpp"
 #include "trainer/schedule.hpp"
+#include "trainer/tensorboard.hpp"
+#include "trainer/validator.hpp"
 
 namespace aiayn::trainer {
 namespace fs = std::filesystem;
@@ -110,27 +115,6 @@ bool inject_nan_here(int rank, int64_t step) {
   return false;
 }
 
-// After a resume from step N: temporaries of interrupted saves are removed, and checkpoints newer than N
-// (damaged, or complete but never committed to LATEST) are renamed *.stale, so that neither retention nor
-// averaging ever mixes them with the resumed run's own.
-void set_aside_after_resume(const fs::path& dir, int64_t step, spdlog::logger& log) {
-  for (const auto& e : fs::directory_iterator(dir)) {
-    const std::string name = e.path().filename().string();
-    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) {
-      fs::remove(e.path());
-      log.info("removed {} (an interrupted write)", e.path().string());
-    }
-  }
-  for (const auto& path : checkpoints::list_checkpoints(dir.string())) {
-    const std::string name = fs::path(path).filename().string();
-    int64_t s = -1;
-    if (std::sscanf(name.c_str(), "step-%ld.h5", &s) == 1 && s > step) {
-      fs::rename(path, path + ".stale");
-      log.warn("set aside {} (newer than the resume point, step {})", path + ".stale", step);
-    }
-  }
-}
-
 // Pairwise summation of per-shard gradients (a binary counter of partial sums): shards pushed in order
 // combine as ((g0 + g1) + (g2 + g3)) + ..., the same tree whichever ranks hold them. With two ranks the
 // all-reduce makes the last addition, g_left + g_right, exactly as one rank does: the float results agree.
@@ -187,13 +171,55 @@ struct StepTotals {  // summed over ranks and micro-batches
   int64_t tokens = 0, correct = 0;
 };
 
+// "45s", "3m12s", "2h05m" for the progress line's ETA.
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "-";
+  const auto s = static_cast<int64_t>(seconds + 0.5);
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02d}s", s / 60, s % 60);
+  return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
+}
+
+// Rank 0's outputs beside the log: metrics.jsonl and TensorBoard, fed the same lines. A TensorBoard write that
+// fails (a full disk) is reported once and TensorBoard is left behind; training goes on.
+class RunOutputs {
+ public:
+  RunOutputs(const fs::path& run, bool leader, int64_t resumed_step, spdlog::logger& log)
+      : metrics_(leader ? (run / "metrics.jsonl").string() : std::string()), log_(log) {
+    if (!leader) return;
+    tensorboard_ = std::make_unique<TensorBoardWriter>((run / "tensorboard").string(), resumed_step);
+    log_.info("TensorBoard events: {} (tensorboard --logdir {})", tensorboard_->path(), (run / "tensorboard").string());
+  }
+  void write(const nlohmann::ordered_json& line) {
+    metrics_.write(line);
+    guarded([&] { tensorboard_->write_metrics(line); });
+  }
+  void write_text(int64_t step, const std::string& tag, const std::string& text) {
+    guarded([&] { tensorboard_->write_text(step, tag, text); });
+  }
+
+ private:
+  template <class F>
+  void guarded(F&& f) {
+    if (!tensorboard_) return;
+    try {
+      f();
+    } catch (const std::exception& e) {
+      log_.error("TensorBoard events are no longer written: {}", e.what());
+      tensorboard_.reset();
+    }
+  }
+  MetricsWriter metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  spdlog::logger& log_;
+};
+
 }  // namespace
 
 int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const int rank = comm.rank(), world = comm.size();
   const bool leader = rank == 0;
   const fs::path run(opt.run_dir);
-  const fs::path ckpt_dir = run / "checkpoints";
 
   // ---- configuration and run directory ----
   Config cfg;
@@ -224,15 +250,21 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     log = make_logger(fmt::format("rank-{}", rank), leader, (run / "log" / fmt::format("rank-{}.log", rank)).string());
   });
 
-  // ---- data ----
+  // ---- data: the training corpus, its tokenizer (checkpoints carry it), the validation set ----
   const fs::path train_path = fs::path(opt.data_dir) / "train.h5";
-  const fs::path valid_path = fs::path(opt.data_dir) / "valid.h5";
-  std::unique_ptr<data::CorpusReader> train_data, valid_data;
+  std::unique_ptr<data::CorpusReader> train_data;
+  std::string tokenizer_bytes;
+  std::unique_ptr<Validator> validator;
   on_all_ranks(comm, [&] {
     AIAYN_CHECK(fs::exists(train_path), fmt::format("{}: no such file (prepare the data with `aiayn prepare`)", train_path.string()));
     train_data = std::make_unique<data::CorpusReader>(train_path.string());
-    if (cfg.train.valid_every > 0 && fs::exists(valid_path))
-      valid_data = std::make_unique<data::CorpusReader>(valid_path.string());
+    const fs::path tok = fs::path(opt.data_dir) / "tokenizer.model";
+    std::ifstream in(tok, std::ios::binary);
+    AIAYN_CHECK(in.good(), fmt::format("{}: cannot read the tokenizer model (checkpoints carry it)", tok.string()));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    tokenizer_bytes = ss.str();
+    validator = std::make_unique<Validator>(cfg, opt.data_dir, tokenizer_bytes);
   });
   const data::CorpusInfo& info = train_data->info();
   const auto& src_len = train_data->src_lengths();
@@ -271,122 +303,58 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const size_t n_params = model.num_params();
   k::DeviceArray<float> adam_m(device, n_params), adam_v(device, n_params);
 
-  // step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
-  // skipped_total: steps skipped for non-finite values, so Adam's update count is step - skipped_total.
-  int64_t step = 0, epoch = 0, batch_in_epoch = 0, skipped_total = 0;
-  const std::string fingerprint = train_data->fingerprint();
+  // ---- a fresh start or the state of the last checkpoint ----
+  // state.step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
+  // state.trainer.skipped_steps: steps skipped for non-finite values, so Adam's update count is step - skipped.
+  Checkpointer checkpointer(run, cfg, model, adam_m, adam_v, train_data->fingerprint(),
+                            {{"tokenizer.model", tokenizer_bytes}, {"vocab.yaml", vocab_yaml(info)}}, world, leader, *log);
+  BestTracker best(cfg.best_metric(), cfg.train.patience);
+  LoopState state;
   if (opt.resume) {
-    on_all_ranks(comm, [&] {
-      const std::string path = checkpoints::find_resume_checkpoint(
-          ckpt_dir.string(), [&](const std::string& w) { log->warn("{}", w); });
-      AIAYN_CHECK(!path.empty(), fmt::format("{}: no complete checkpoint to resume from", ckpt_dir.string()));
-      const checkpoints::Meta meta = checkpoints::read_meta(path);
-      const Config saved = Config::parse(meta.config, path + " (saved config)");
-      const std::string diff = cfg.architecture_difference(saved);
-      AIAYN_CHECK(diff.empty(), fmt::format("config key '{}' differs from the checkpoint {}: the architecture cannot "
-                                            "change on resume", diff, path));
-      AIAYN_CHECK(cfg.train.batch_tokens == saved.train.batch_tokens,
-                  fmt::format("config key 'train.batch_tokens' differs from the checkpoint {} ({} vs {}): the data "
-                              "cursor would not mean the same batches", path, cfg.train.batch_tokens, saved.train.batch_tokens));
-      AIAYN_CHECK(cfg.train.seed == saved.train.seed,
-                  fmt::format("config key 'train.seed' differs from the checkpoint {}", path));
-      AIAYN_CHECK(meta.corpus_fingerprint == fingerprint,
-                  fmt::format("{}: the checkpoint was trained on a different corpus than {}", path, train_path.string()));
-      std::vector<float> p(n_params), m(n_params), v(n_params);
-      const auto p_refs = model_tensors(model.table(), p.data());
-      const auto m_refs = model_tensors(model.table(), m.data());
-      const auto v_refs = model_tensors(model.table(), v.data());
-      checkpoints::load_checkpoint(path, p_refs, &m_refs, &v_refs);
-      k::device_copy(device, model.params(), k::Device::CPU, p.data(), n_params * 4);
-      model.params_changed();
-      k::device_copy(device, adam_m.data(), k::Device::CPU, m.data(), n_params * 4);
-      k::device_copy(device, adam_v.data(), k::Device::CPU, v.data(), n_params * 4);
-      step = meta.step, epoch = meta.epoch, batch_in_epoch = meta.batch_in_epoch;
-      std::string state;
-      if (checkpoints::read_extra(path, "trainer_state.yaml", &state)) skipped_total = parse_trainer_state(state, path);
-      log->info("resumed from {} at step {} (epoch {}, batch {}), saved by {} rank(s), now {}", path, step, epoch,
-                batch_in_epoch, meta.world_size, world);
-    });
-    if (leader) set_aside_after_resume(ckpt_dir, step, *log);
+    on_all_ranks(comm, [&] { state = checkpointer.resume(train_path.string()); });
+    if (!best.restore(state.trainer))
+      log->warn("checkpoint.best_metric is now {} (was {}): the best checkpoint is chosen afresh", best.metric(),
+                state.trainer.best_metric);
+    // best.h5 must exist and verify for the record to stand; rank 0 looks, every rank hears.
+    int64_t best_file_lost[1] = {0};
+    if (leader) {
+      checkpointer.set_aside_after_resume(state.step);
+      best_file_lost[0] = best.has_best() && cfg.checkpoint.keep_best && !checkpointer.best_file_is_sound();
+    }
+    comm.all_reduce_max_host(best_file_lost, 1);
+    if (best_file_lost[0]) best.forget();
   } else {
     model.initialize(static_cast<uint64_t>(cfg.train.seed));
   }
+  // What a checkpoint saves: the cursor and the loop's own state.
+  const auto loop_state = [&] {
+    LoopState s = state;
+    best.save_to(&s.trainer);
+    return s;
+  };
 
   log->info("aiayn train: {} rank(s), device {}, gradients by {}{}, {} thread(s) per rank ({}), {} parameters", world,
             k::device_name(device), comm::backend_name(grad_comm_ref.backend()), stage_on_host ? " (host-staged)" : "",
             threads, k::cpu_backend_description(), n_params);
   log->info("corpus {}: {} pairs, vocabulary {}", train_path.string(), info.pairs, info.vocab_size);
 
-  // ---- checkpoint writer (rank 0) ----
-  std::string tokenizer_bytes;
+  std::unique_ptr<RunOutputs> outputs;
   on_all_ranks(comm, [&] {
-    const fs::path tok = fs::path(opt.data_dir) / "tokenizer.model";
-    std::ifstream in(tok, std::ios::binary);
-    AIAYN_CHECK(in.good(), fmt::format("{}: cannot read the tokenizer model (checkpoints carry it)", tok.string()));
-    std::stringstream ss;
-    ss << in.rdbuf();
-    tokenizer_bytes = ss.str();
+    if (leader && opt.resume) drop_metrics_after(run / "metrics.jsonl", state.step);
+    outputs = std::make_unique<RunOutputs>(run, leader, opt.resume ? state.step : -1, *log);
   });
-  auto save = [&](const char* why) {
-    if (!leader) return;
-    std::vector<float> p(n_params), m(n_params), v(n_params);
-    k::device_copy(k::Device::CPU, p.data(), device, model.params(), n_params * 4);
-    k::device_copy(k::Device::CPU, m.data(), device, adam_m.data(), n_params * 4);
-    k::device_copy(k::Device::CPU, v.data(), device, adam_v.data(), n_params * 4);
-    checkpoints::SaveRequest req;
-    req.meta.step = step;
-    req.meta.epoch = epoch;
-    req.meta.batch_in_epoch = batch_in_epoch;
-    req.meta.seed = static_cast<uint64_t>(cfg.train.seed);
-    req.meta.config = cfg.to_yaml();
-    req.meta.config_hash = cfg.hash();
-    req.meta.corpus_fingerprint = fingerprint;
-    req.meta.world_size = world;
-    req.model = const_tensors(model.table(), p.data());
-    req.adam_m = const_tensors(model.table(), m.data());
-    req.adam_v = const_tensors(model.table(), v.data());
-    req.extra["tokenizer.model"] = tokenizer_bytes;
-    req.extra["vocab.yaml"] = vocab_yaml(info);
-    req.extra["trainer_state.yaml"] = trainer_state_yaml(skipped_total);
-    const std::string path = checkpoints::save_checkpoint(ckpt_dir.string(), req);
-    log->info("saved checkpoint {} ({})", path, why);
-    for (const auto& gone : checkpoints::prune_checkpoints(ckpt_dir.string(), static_cast<int>(cfg.checkpoint.keep_last),
-                                                           static_cast<int>(cfg.checkpoint.average_last)))
-      log->info("removed old checkpoint {}", gone);
-  };
-
-  // ---- validation: the valid set split across ranks, sums all-reduced ----
-  const data::BatchPlan valid_plan =
-      valid_data ? data::BatchPlan::build(valid_data->src_lengths(), valid_data->tgt_lengths(), 0, 0, cfg.train.batch_tokens)
-                 : data::BatchPlan{};
-  auto validate = [&]() {
-    const auto& vs = valid_data->src_lengths();
-    const auto& vt = valid_data->tgt_lengths();
-    const data::BatchPlan& plan = valid_plan;
-    double sums[3] = {0, 0, 0};  // nll, tokens, correct
-    for (const auto& gb : plan.batches()) {
-      for (const auto& mb : data::split_for_rank(gb, vs, vt, rank, world, cfg.train.max_tokens_per_rank)) {
-        const Batch b = make_batch(valid_data->read_pairs(mb), mb, info.pad_id, info.bos_id);
-        const auto st = model.forward_loss(b, 0.0f);
-        sums[0] += st.nll, sums[1] += static_cast<double>(st.tokens), sums[2] += static_cast<double>(st.correct);
-      }
-    }
-    comm.all_reduce_sum_host(sums, 3);
-    const double loss = sums[0] / std::max(1.0, sums[1]);
-    return std::array<double, 3>{loss, std::exp(loss), sums[2] / std::max(1.0, sums[1])};
-  };
-
-  MetricsWriter metrics(leader ? (run / "metrics.jsonl").string() : std::string());
   StopSignals signals;
   const auto t_start = Clock::now();
   auto last_save = Clock::now();
   auto last_log = Clock::now();
-  int64_t saved_step = opt.resume ? step : -1;
+  int64_t saved_step = opt.resume ? state.step : -1;
   int64_t consecutive_skips = 0;
   StepTotals interval;
   int64_t interval_tgt = 0, interval_steps = 0;
+  double last_bleu = std::nan("");
+  bool bleu_signature_written = false, early_stop = false;
   const size_t bucket = std::max<size_t>(1, static_cast<size_t>(cfg.train.bucket_mb * (1 << 20) / sizeof(float)));
-  data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch,
+  data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), state.epoch,
                                                 cfg.train.batch_tokens);
   int exit_status = 0;
   const double minutes_limit = cfg.train.max_minutes;
@@ -411,19 +379,36 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     if (poison_this_step && begin == 0) poison_grads();  // test-only, as if the backward pass produced it
     reducer.ready(begin, end);
   };
+  // The time still to go, from the last interval's seconds per step, for the nearest stop condition.
+  const auto eta = [&](double secs_per_step) {
+    double left = std::numeric_limits<double>::infinity();
+    if (cfg.train.max_steps > 0) left = static_cast<double>(cfg.train.max_steps - state.step) * secs_per_step;
+    if (cfg.train.max_epochs > 0)
+      left = std::min(left, static_cast<double>((cfg.train.max_epochs - state.epoch) * static_cast<int64_t>(plan.size()) -
+                                                state.batch_in_epoch) * secs_per_step);
+    if (minutes_limit > 0)
+      left = std::min(left, minutes_limit * 60.0 - std::chrono::duration<double>(Clock::now() - t_start).count());
+    return format_duration(std::max(0.0, left));
+  };
+  const auto best_text = [&] {
+    if (!best.has_best()) return std::string();
+    return best.metric() == "bleu" ? fmt::format("best {:.2f} @ {}", best.best_score(), best.best_step())
+                                   : fmt::format("best valid loss {:.4f} @ {}", best.best_score(), best.best_step());
+  };
 
   while (true) {
     // ---- stop conditions that need no agreement (same on every rank) ----
-    if (cfg.train.max_steps > 0 && step >= cfg.train.max_steps) break;
-    if (batch_in_epoch >= static_cast<int64_t>(plan.size())) {
-      ++epoch;
-      batch_in_epoch = 0;
-      if (cfg.train.max_epochs > 0 && epoch >= cfg.train.max_epochs) break;
-      plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), epoch, cfg.train.batch_tokens);
+    if (cfg.train.max_steps > 0 && state.step >= cfg.train.max_steps) break;
+    if (state.batch_in_epoch >= static_cast<int64_t>(plan.size())) {
+      ++state.epoch;
+      state.batch_in_epoch = 0;
+      if (cfg.train.max_epochs > 0 && state.epoch >= cfg.train.max_epochs) break;
+      plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), state.epoch,
+                                    cfg.train.batch_tokens);
       continue;
     }
-    const data::GlobalBatch& gb = plan.batch(static_cast<size_t>(batch_in_epoch));
-    const int64_t this_step = step + 1;
+    const data::GlobalBatch& gb = plan.batch(static_cast<size_t>(state.batch_in_epoch));
+    const int64_t this_step = state.step + 1;
 
     // ---- forward, loss, backward over this rank's share ----
     model.zero_grads();
@@ -471,24 +456,25 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     } catch (const Error& e) {
       throw Error(fmt::format("step {}: {}", this_step, e.what()));
     }
-    ++batch_in_epoch;
-    step = this_step;
+    ++state.batch_in_epoch;
+    state.step = this_step;
+    const int64_t step = this_step;
 
     if (flags[0]) {
-      ++skipped_total;
+      ++state.trainer.skipped_steps;
       ++consecutive_skips;
       log->warn("step {}: non-finite loss or gradient on some rank; skipping the step ({} in a row, {} in all)",
-                this_step, consecutive_skips, skipped_total);
-      metrics.write({{"step", this_step}, {"epoch", epoch}, {"loss", nullptr}, {"nll", nullptr}, {"lr", 0.0},
-                     {"gnorm", nullptr}, {"tgt_tokens", counts[0]}, {"tok_s", 0.0}, {"skipped", skipped_total},
-                     {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
+                step, consecutive_skips, state.trainer.skipped_steps);
+      outputs->write({{"step", step}, {"epoch", state.epoch}, {"loss", nullptr}, {"nll", nullptr}, {"lr", 0.0},
+                      {"gnorm", nullptr}, {"tgt_tokens", counts[0]}, {"tok_s", 0.0}, {"skipped", state.trainer.skipped_steps},
+                      {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
       AIAYN_CHECK(consecutive_skips < cfg.train.max_consecutive_skips,
                   fmt::format("step {}: {} consecutive steps had non-finite losses or gradients "
-                              "(train.max_consecutive_skips = {}); stopping", this_step, consecutive_skips,
+                              "(train.max_consecutive_skips = {}); stopping", step, consecutive_skips,
                               cfg.train.max_consecutive_skips));
     } else {
       consecutive_skips = 0;
-      const int64_t updates = step - skipped_total;  // Adam's t, 1-based
+      const int64_t updates = step - state.trainer.skipped_steps;  // Adam's t, 1-based
       // ---- optional clipping (off in the paper), Adam with the warmup schedule ----
       float clip_scale = 1.0f;
       if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
@@ -497,6 +483,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       const double lr = learning_rate(updates, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
       k::adam(device, adam);
 
+      // ---- the progress line and metrics ----
       interval.loss += sums[0], interval.nll += sums[1], interval.tokens += counts[0], interval.correct += counts[1];
       interval_tgt += counts[0];
       ++interval_steps;
@@ -506,45 +493,98 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
         const double tok_s = secs > 0 ? static_cast<double>(interval_tgt) / secs : 0.0;
         const double loss = interval.loss / std::max<int64_t>(1, interval.tokens);
         const double nll = interval.nll / std::max<int64_t>(1, interval.tokens);
-        std::string eta = "-";
-        if (cfg.train.max_steps > 0 && interval_steps > 0)
-          eta = fmt::format("{:.0f}s", (cfg.train.max_steps - step) * secs / static_cast<double>(interval_steps));
-        log->info("step {} | epoch {} | loss {:.4f} | nll {:.4f} | lr {:.3e} | gnorm {:.3f} | {:.0f} tgt tok/s | "
-                  "elapsed {:.0f}s | eta {}", step, epoch, loss, nll, lr, gnorm, tok_s, elapsed, eta);
-        metrics.write({{"step", step}, {"epoch", epoch}, {"loss", loss}, {"nll", nll}, {"lr", lr}, {"gnorm", gnorm},
-                       {"tgt_tokens", counts[0]}, {"tok_s", tok_s}, {"skipped", skipped_total}, {"elapsed_s", elapsed}});
+        std::string line = cfg.train.max_steps > 0 ? fmt::format("step {}/{}", step, cfg.train.max_steps)
+                                                   : fmt::format("step {}", step);
+        line += fmt::format(" | epoch {} | loss {:.4f} | lr {:.3e} | {:.0f} tgt tok/s | eta {}", state.epoch, loss, lr,
+                            tok_s, eta(secs / static_cast<double>(interval_steps)));
+        if (std::isfinite(last_bleu)) line += fmt::format(" | bleu {:.2f}", last_bleu);
+        if (best.has_best()) line += fmt::format(" ({})", best_text());
+        line += fmt::format(" | nll {:.4f} | gnorm {:.3f} | elapsed {}", nll, gnorm, format_duration(elapsed));
+        log->info("{}", line);
+        outputs->write({{"step", step}, {"epoch", state.epoch}, {"loss", loss}, {"nll", nll}, {"lr", lr},
+                        {"gnorm", gnorm}, {"tgt_tokens", counts[0]}, {"tok_s", tok_s},
+                        {"skipped", state.trainer.skipped_steps}, {"elapsed_s", elapsed}});
         interval = StepTotals{};
         interval_tgt = 0;
         interval_steps = 0;
         last_log = Clock::now();
       }
-      if (valid_data && cfg.train.valid_every > 0 && step % cfg.train.valid_every == 0) {
-        const auto v = validate();
-        log->info("step {} | valid loss {:.4f} | ppl {:.2f} | acc {:.4f}", step, v[0], v[1], v[2]);
-        metrics.write({{"step", step}, {"valid_loss", v[0]}, {"valid_ppl", v[1]}, {"valid_acc", v[2]}});
+
+      // ---- validation: loss, BLEU, the best checkpoint and early stopping ----
+      const bool valid_loss = validator->loss_due(step), valid_bleu = validator->bleu_due(step);
+      if (valid_loss || valid_bleu) {
+        nlohmann::ordered_json line{{"step", step}};
+        std::string text = fmt::format("step {} | valid", step);
+        double score = std::nan("");
+        try {
+          if (valid_loss) {
+            const ValidLoss v = validator->loss(model, comm);
+            line["valid_loss"] = v.loss, line["valid_ppl"] = v.ppl, line["valid_acc"] = v.acc;
+            text += fmt::format(" loss {:.4f} | ppl {:.2f} | acc {:.4f}", v.loss, v.ppl, v.acc);
+            if (best.metric() == "loss") score = v.loss;
+          }
+          if (valid_bleu) {
+            const BleuEvaluation b = validator->bleu(model, comm);
+            last_bleu = b.bleu.score;
+            line["valid_bleu"] = b.bleu.score;
+            line["valid_bleu_signature"] = b.bleu.signature;
+            text += fmt::format("{} BLEU {:.2f} on {} sentences ({:.1f} s) | {}", valid_loss ? " |" : "", b.bleu.score,
+                                b.sentences, b.decode_s, b.bleu.signature);
+            if (!bleu_signature_written) outputs->write_text(step, "valid/bleu_signature", b.bleu.signature);
+            bleu_signature_written = true;
+            if (best.metric() == "bleu") score = b.bleu.score;
+          }
+        } catch (const Error& e) {
+          throw Error(fmt::format("step {}: validation: {}", step, e.what()));
+        }
+        if ((best.metric() == "loss" && valid_loss) || (best.metric() == "bleu" && valid_bleu)) {
+          if (best.observe(step, score)) {
+            text += " | new best";
+            if (cfg.checkpoint.keep_best && leader) {
+              try {
+                checkpointer.save_best(loop_state(), best);
+                text += fmt::format(", saved {}", checkpointer.best_path().string());
+              } catch (const Error& e) {
+                log->error("best checkpoint at step {} was NOT saved: {}", step, e.what());
+              }
+            }
+          } else {
+            text += fmt::format(" | {}, {} validation(s) without improvement", best_text(), best.without_improvement());
+            if (best.patience() > 0) text += fmt::format(" (patience {})", best.patience());
+          }
+          early_stop = best.exhausted();
+        }
+        log->info("{}", text);
+        outputs->write(line);
       }
     }
     // ---- periodic checkpoints (a skipped step is a step too: its checkpoint holds the unchanged state) ----
-    const bool by_steps = cfg.checkpoint.every_steps > 0 && step % cfg.checkpoint.every_steps == 0;
+    const bool by_steps = cfg.checkpoint.every_steps > 0 && state.step % cfg.checkpoint.every_steps == 0;
     const bool by_time = cfg.checkpoint.every_minutes > 0 &&
                          std::chrono::duration<double>(Clock::now() - last_save).count() >= cfg.checkpoint.every_minutes * 60.0;
     if (leader && (by_steps || by_time) && !flags[1]) {
       try {
-        save(by_steps ? "periodic" : "every_minutes");
-        saved_step = step;
+        checkpointer.save(loop_state(), by_steps ? "periodic" : "every_minutes");
+        saved_step = state.step;
       } catch (const Error& e) {
-        log->error("checkpoint at step {} was NOT saved: {}", step, e.what());
+        log->error("checkpoint at step {} was NOT saved: {}", state.step, e.what());
       }
       last_save = Clock::now();
     }
     if (flags[1]) {
-      log->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", step,
+      log->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", state.step,
                 kExitStoppedBySignal);
       exit_status = kExitStoppedBySignal;
       break;
     }
     if (flags[2]) {
-      log->info("train.max_minutes ({}) reached at step {}", minutes_limit, step);
+      log->info("train.max_minutes ({}) reached at step {}", minutes_limit, state.step);
+      break;
+    }
+    if (early_stop) {
+      log->info("early stopping at step {}: {} validations of {} without improvement (train.patience = {}); {}",
+                state.step, best.without_improvement(), best.metric() == "bleu" ? "BLEU" : "the loss", best.patience(),
+                best_text());
       break;
     }
   }
@@ -553,22 +593,15 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   std::string end_error;
   if (leader) {
     try {
-      if (saved_step != step) save(exit_status ? "stop signal" : "end of training");
-      if (exit_status == 0 && cfg.checkpoint.average_last > 0) {
-        auto all = checkpoints::list_checkpoints(ckpt_dir.string());
-        const size_t n = std::min<size_t>(all.size(), static_cast<size_t>(cfg.checkpoint.average_last));
-        std::vector<std::string> last(all.end() - static_cast<long>(n), all.end());
-        if (!last.empty()) {
-          checkpoints::average_checkpoints(last, (run / "averaged.h5").string());
-          log->info("averaged the last {} checkpoint(s) into {}", last.size(), (run / "averaged.h5").string());
-        }
-      }
+      if (saved_step != state.step) checkpointer.save(loop_state(), exit_status ? "stop signal" : "end of training");
+      if (exit_status == 0) checkpointer.average_last();
     } catch (const std::exception& e) {
       end_error = e.what();
     }
   }
   agree_on_errors(comm, end_error);
-  log->info("done: step {}, epoch {}, {} skipped step(s)", step, epoch, skipped_total);
+  log->info("done: step {}, epoch {}, {} skipped step(s){}", state.step, state.epoch, state.trainer.skipped_steps,
+            best.has_best() ? fmt::format("; {}", best_text()) : std::string());
   return exit_status;
 }
 

@@ -52,6 +52,10 @@ struct SaveRequest {
 // Writes the checkpoint for meta.step into `dir` (created if missing) and commits LATEST. Returns the path.
 std::string save_checkpoint(const std::string& dir, const SaveRequest& request);
 
+// Writes a full checkpoint (optimizer state too, when given) atomically to `path` (tmp + fsync + rename) without
+// touching LATEST: the training run's best.h5.
+void save_checkpoint_file(const std::string& path, const SaveRequest& request);
+
 // Writes a model-only file (averaging output) atomically to `path` (tmp + fsync + rename).
 void save_model_file(const std::string& path, const SaveRequest& request);
 

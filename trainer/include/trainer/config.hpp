@@ -28,6 +28,9 @@ struct TrainSection {
   double clip_norm = 0;  // 0 = off (the paper)
   int64_t seed = 1;
   int64_t log_every = 100, valid_every = 1000;
+  int64_t valid_bleu_every = 0;        // steps between validation BLEU (beam search); 0 = off
+  int64_t valid_bleu_sentences = 500;  // the first N pairs of the validation set, the same every time
+  int64_t patience = 0;                // validations of the best metric without improvement that end the run; 0 = off
   int64_t max_consecutive_skips = 5;
   int64_t threads = 0;  // CPU threads per rank; 0 = cores / ranks on the node
   double bucket_mb = 8.0;  // gradient all-reduce bucket (MiB of float32), started from the backward pass
@@ -40,6 +43,8 @@ struct CheckpointSection {
   double every_minutes = 10.0;  // 0 = off
   int64_t keep_last = 5;
   int64_t average_last = 5;
+  bool keep_best = true;              // RUN/checkpoints/best.h5, the best checkpoint by best_metric
+  std::string best_metric = "auto";   // auto (bleu when valid_bleu_every > 0, else loss) | bleu | loss
 };
 
 struct EvalSection {
@@ -65,6 +70,8 @@ struct Config {
   std::string hash() const;     // hex FNV-1a 64 of to_yaml()
   // The first architecture key that differs ("model.d_model"), or "" when the architectures match.
   std::string architecture_difference(const Config& other) const;
+  // The metric that picks best.h5 and counts patience: "bleu" or "loss" (checkpoint.best_metric resolved).
+  std::string best_metric() const;
 };
 
 }  // namespace aiayn::trainer

@@ -17,6 +17,7 @@
 #include "checkpoints/checkpoint.hpp"
 #include "data/tokenizer.hpp"
 #include "kernels/device.hpp"
+#include "trainer/bleu.hpp"
 #include "trainer/config.hpp"
 #include "trainer/decoder.hpp"
 #include "trainer/model.hpp"
@@ -24,6 +25,9 @@
 
 namespace aiayn::comm {
 class Communicator;
+}
+namespace aiayn::data {
+class CorpusReader;
 }
 
 namespace aiayn::trainer {
@@ -48,6 +52,27 @@ std::vector<Hypothesis> decode_in_batches(IncrementalDecoder<float>& decoder,
                                           const std::vector<std::vector<int32_t>>& sources,
                                           const BeamOptions& options, int64_t batch_tokens);
 
+// Decoding batches hold at most this many decoder positions (see decode_in_batches); aiayn eval's default and
+// what validation BLEU during training uses, so both decode the same batches.
+constexpr int64_t kEvalBatchTokens = 16384;
+
+struct BleuEvaluation {
+  BleuResult bleu;
+  int64_t sentences = 0;
+  double decode_s = 0;
+};
+
+// BLEU of the first `sentences` pairs of `corpus` (all when larger; the corpus must hold the raw text):
+// beam search in batches that depend on the sentences only, contiguous blocks of batches per rank,
+// hypotheses gathered back into corpus order, scored against the raw reference text. Every rank gets the
+// result. `aiayn eval --bleu` and validation BLEU during training both call this, so they agree.
+BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& tokenizer, data::CorpusReader& corpus,
+                                int64_t sentences, const BeamOptions& beam, int64_t batch_tokens,
+                                comm::Communicator& comm);
+
+// The beam options of a config's eval section, overridden where beam > 0, lenpen >= 0, max_len_b >= 0.
+BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t max_len_b);
+
 struct EvalOptions {
   std::string checkpoint, data;
   bool bleu = false;
@@ -55,8 +80,9 @@ struct EvalOptions {
   double lenpen = -1;      // < 0: the checkpoint's eval.lenpen
   int64_t max_len_b = -1;  // < 0: the checkpoint's eval.max_len_b
   std::string device = "auto";
-  int64_t batch_tokens = 16384;  // loss: padded tokens per side; decoding: see decode_in_batches
+  int64_t batch_tokens = kEvalBatchTokens;  // loss: padded tokens per side; decoding: see decode_in_batches
   int64_t threads = 0;  // 0: cores / ranks on the node
+  int64_t sentences = 0;  // BLEU on the first N pairs only (0 = all), as validation BLEU during training does
 };
 
 // Runs the evaluation on every rank; returns the result JSON (the same on every rank) and writes the human

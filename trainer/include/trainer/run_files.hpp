@@ -42,8 +42,21 @@ struct VocabInfo {
 };
 VocabInfo parse_vocab_yaml(const std::string& text, const std::string& origin);
 
-// The loop's own state beyond step and cursor (checkpoint /extra/trainer_state.yaml).
-std::string trainer_state_yaml(int64_t skipped_steps);
-int64_t parse_trainer_state(const std::string& text, const std::string& origin);
+// The loop's own state beyond step and cursor (checkpoint /extra/trainer_state.yaml). Files written before
+// best checkpoints existed hold skipped_steps only: the rest keeps its defaults.
+struct TrainerState {
+  int64_t skipped_steps = 0;  // steps skipped for non-finite values (Adam's t is step - skipped_steps)
+  // The best validation so far by `best_metric` ("bleu" or "loss"); best_step < 0: none yet.
+  std::string best_metric;
+  int64_t best_step = -1;
+  double best_score = 0;
+  int64_t validations_without_improvement = 0;  // of best_metric, since best_step (early stopping)
+};
+std::string trainer_state_yaml(const TrainerState& state);
+TrainerState parse_trainer_state(const std::string& text, const std::string& origin);
+
+// Drops the lines of metrics.jsonl whose step is after `step` (a resumed run replays those steps), rewriting
+// the file atomically; a line cut short by a crash is dropped too. A missing file is left missing.
+void drop_metrics_after(const std::filesystem::path& path, int64_t step);
 
 }  // namespace aiayn::trainer
