@@ -11,6 +11,11 @@ export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 start=$(date +%s)
 "$root/launch/build.sh"
 echo "aiayn: build took $(( $(date +%s) - start ))s" >&2
+# The field's own Python tools (TensorBoard's reader) in a venv; tests that need them skip without it.
+if [[ -z "${AIAYN_PYTHON:-}" ]]; then
+  AIAYN_PYTHON=$("$root/tests/python_env.sh") || AIAYN_PYTHON=""
+  export AIAYN_PYTHON
+fi
 cd "${AIAYN_BUILD_DIR:-$root/build}"
 # Open MPI refuses root and more ranks than cores unless told; tests run as root in CI.
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1

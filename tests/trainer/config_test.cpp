@@ -65,6 +65,35 @@ TEST(Config, BadValuesNameTheKey) {
   EXPECT_NE(error_of([] { Config::load("/nonexistent/x.yaml"); }).find("/nonexistent/x.yaml"), std::string::npos);
 }
 
+// Validation BLEU, the best checkpoint and early stopping: ranges and the rules across keys.
+TEST(Config, ValidationKeysAndTheirRules) {
+  const Config d = Config::parse("", "defaults");
+  EXPECT_EQ(d.train.valid_bleu_every, 0);
+  EXPECT_EQ(d.train.valid_bleu_sentences, 500);
+  EXPECT_EQ(d.train.patience, 0);
+  EXPECT_TRUE(d.checkpoint.keep_best);
+  EXPECT_EQ(d.best_metric(), "loss");
+  EXPECT_EQ(Config::parse("", "x", {"train.valid_bleu_every=100"}).best_metric(), "bleu");
+  EXPECT_EQ(Config::parse("", "x", {"train.valid_bleu_every=100", "checkpoint.best_metric=loss"}).best_metric(), "loss");
+  const Config c = Config::parse("", "x", {"train.valid_bleu_every=100", "train.patience=3", "checkpoint.keep_best=false"});
+  EXPECT_EQ(Config::parse(c.to_yaml(), "resolved").to_yaml(), c.to_yaml());
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.valid_bleu_every=-1"}); }).find("'train.valid_bleu_every'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.valid_bleu_sentences=0"}); }).find("'train.valid_bleu_sentences'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.patience=-2"}); }).find("'train.patience'"), std::string::npos);
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"checkpoint.best_metric=ppl"}); }).find("'checkpoint.best_metric'"),
+            std::string::npos);
+  // patience without any validation of its metric
+  EXPECT_NE(error_of([] { Config::parse("", "f.yaml", {"train.patience=3", "train.valid_every=0"}); }).find("'train.patience'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] {
+              Config::parse("", "f.yaml", {"train.patience=3", "checkpoint.best_metric=bleu"});
+            }).find("'checkpoint.best_metric'"),
+            std::string::npos);
+  EXPECT_NO_THROW(Config::parse("", "f.yaml", {"train.patience=3", "train.valid_every=0", "train.valid_bleu_every=50"}));
+}
+
 TEST(Config, ArchitectureDifferenceNamesTheKey) {
   const Config a = Config::parse("", "a");
   EXPECT_EQ(a.architecture_difference(Config::parse("", "b", {"train.max_steps=5"})), "");
