@@ -49,7 +49,7 @@ void run_average(const AverageArgs& a) {
 
 void add_average_command(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<AverageArgs>();
-  CLI::App* cmd = app.add_subcommand("average", "element-wise mean of checkpoints' model tensors (model-only file)");
+  CLI::App* cmd = app.add_subcommand("average", "Average checkpoints: the element-wise mean of their model tensors (a model-only file)");
   cmd->add_option("--out", args->out, "output file (default with --run-dir: RUN/averaged.h5)");
   cmd->add_option("--run-dir", args->run_dir, "run directory: average the newest --last N of RUN/checkpoints");
   cmd->add_option("--last", args->last, "how many of the newest checkpoints to average (with --run-dir)");

@@ -60,7 +60,7 @@ void run_bleu(const std::string& ref_path) {
 
 void add_bleu_command(CLI::App& app, Context& ctx) {
   auto ref_path = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand("bleu", "corpus BLEU of stdin against --ref, as sacreBLEU computes it");
+  CLI::App* cmd = app.add_subcommand("bleu", "Corpus BLEU of stdin against --ref, as sacreBLEU computes it");
   cmd->add_option("--ref", *ref_path, "reference file, one sentence a line")->required();
   cmd->callback([ref_path, &ctx] {
     run_bleu(*ref_path);

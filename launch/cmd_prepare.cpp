@@ -47,7 +47,7 @@ void run_prepare(PrepareArgs& a) {
 void add_prepare_command(CLI::App& app, Context& ctx) {
   auto args = std::make_shared<PrepareArgs>();
   data::PrepareOptions& o = args->options;
-  CLI::App* cmd = app.add_subcommand("prepare", "train the SentencePiece BPE model and write the HDF5 corpus files");
+  CLI::App* cmd = app.add_subcommand("prepare", "Train the SentencePiece BPE model and write the HDF5 corpus files");
   cmd->add_option("--train-src", o.train_src, "training source text (plain or .gz, one sentence a line)");
   cmd->add_option("--train-tgt", o.train_tgt, "training target text, aligned with --train-src");
   cmd->add_option("--valid-src", o.valid_src, "validation source text");

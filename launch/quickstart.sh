@@ -40,4 +40,4 @@ head -n 5 "$work/data/text/test.src" > "$work/examples.src"
 "$aiayn" translate --checkpoint "$work/run/averaged.h5" < "$work/examples.src" > "$work/examples.hyp"
 paste -d '\n' "$work/examples.src" "$work/examples.hyp" | awk 'NR % 2 == 1 { print "  source: " $0 } NR % 2 == 0 { print "  output: " $0 "\n" }'
 bleu=$(sed -n 's/.*"bleu":\([0-9.]*\).*/\1/p' "$work/eval.json")
-printf '\nBLEU on the synthetic test set: %s (results in %s/eval.json)\n' "$bleu" "$work"
+printf '\nBLEU on the synthetic test set: %.2f (results in %s/eval.json)\n' "$bleu" "$work"

@@ -18,6 +18,19 @@ TEST(Cli, UsageErrorsExitWithTwo) {
   EXPECT_EQ(run_command(aiayn_exe() + " --version", tmp / "c.log"), 0);
 }
 
+// `aiayn` alone, or with a word that is no command, names what was typed and lists every command with its line.
+TEST(Cli, NoOrAnUnknownCommandListsTheCommands) {
+  TempDir tmp;
+  EXPECT_EQ(run_command(aiayn_exe(), tmp / "none.log"), 2);
+  const std::string none = read_file(tmp / "none.log");
+  EXPECT_NE(none.find("a command is required"), std::string::npos) << none;
+  EXPECT_EQ(run_command(aiayn_exe() + " exprot --checkpoint x", tmp / "typo.log"), 2);
+  const std::string typo = read_file(tmp / "typo.log");
+  EXPECT_NE(typo.find("'exprot' is not an aiayn command"), std::string::npos) << typo;
+  for (const char* command : {"prepare", "train", "eval", "translate", "average", "bleu", "bench"})
+    EXPECT_NE(typo.find(std::string("\n  ") + command + " "), std::string::npos) << command << " is not listed:\n" << typo;
+}
+
 TEST(Cli, PrepareNamesTheMissingFile) {
   TempDir tmp;
   const int rc = run_command(aiayn_exe() + " prepare --train-src /nonexistent/a.en --train-tgt /nonexistent/a.de --out " +

@@ -100,23 +100,60 @@ INSTANTIATE_TEST_SUITE_P(Variants, WholeModelGrad,
                          ::testing::Values(GradCase{false, 0.0}, GradCase{false, 0.2}, GradCase{true, 0.0},
                                            GradCase{true, 0.2}));
 
-// The output and input embedding are one matrix: its gradient has a term from each use.
+// The output and input embedding are one matrix: its gradient has a term from each use (encoder input,
+// decoder input, output projection). The batch is built so that token 5 occurs only in the source, BOS (2)
+// only in the decoder's input (it is never a target), and token 9 nowhere (the output projection's term
+// alone); the whole row of each is checked against finite differences. A missing encoder or decoder term
+// would leave that row with the output projection's term only: the rows' gradients are thousands of times
+// the tolerance, so no term can be missing unnoticed. (The former version drew a random batch and asserted
+// only when its first source token happened not to occur in the target; with its seed it asserted nothing.)
 TEST(Model, SharedEmbeddingGetsAllThreeGradientTerms) {
-  Model<double> model(tiny_spec(false, 0.0), kernels::Device::CPU);
+  ModelSpec spec = tiny_spec(false, 0.0);
+  Model<double> model(spec, kernels::Device::CPU);
   model.initialize(3);
-  const auto& emb = model.table().at("embedding/weight");
-  const Batch batch = random_batch(23, {{4, 4}}, 5);
+  data::Pair pair;
+  pair.src = {5, 10, 11, 3};     // 5: source only
+  pair.tgt = {12, 7, 13, 3};
+  const Batch batch = make_batch({pair}, {100}, 0, 2);  // pad 0, BOS 2: the decoder reads 2, 12, 7, 13
+  const int src_only = 5, dec_only = 2, nowhere = 9;
+  for (int t : batch.tgt_out) ASSERT_NE(t, dec_only);
+  for (int t : batch.tgt_in) ASSERT_NE(t, src_only);
+  const double scale = 1.0 / static_cast<double>(batch.tgt_tokens);
   model.zero_grads();
-  model.forward_backward(batch, {}, 1.0f);
-  // A token that occurs only in the source still receives a gradient (through the encoder).
-  const int only_src = batch.src[0];
-  bool in_tgt = false;
-  for (int t : batch.tgt_in) in_tgt = in_tgt || t == only_src;
-  if (!in_tgt) {
-    double norm = 0;
-    for (int c = 0; c < 64; ++c) norm += std::fabs(model.grads()[emb.offset + only_src * 64 + c]);
-    EXPECT_GT(norm, 0.0);
+  model.forward_backward(batch, {}, static_cast<float>(scale));
+  const std::vector<double> analytic(model.grads(), model.grads() + model.num_params());
+  const auto& emb = model.table().at("embedding/weight");
+  const int D = spec.arch.d_model;
+  const auto loss_at = [&]() {
+    model.zero_grads();
+    return model.forward_backward(batch, {}, static_cast<float>(scale)).loss * scale;
+  };
+  const auto row = [&](int token) {
+    return std::vector<double>(analytic.begin() + static_cast<long>(emb.offset + size_t(token) * D),
+                               analytic.begin() + static_cast<long>(emb.offset + size_t(token + 1) * D));
+  };
+  const auto norm = [](const std::vector<double>& a) {
+    double d = 0;
+    for (double x : a) d += x * x;
+    return std::sqrt(d);
+  };
+  for (int token : {src_only, dec_only, nowhere}) {
+    for (int c = 0; c < D; ++c) {
+      double& p = model.params()[emb.offset + size_t(token) * D + c];
+      const double saved = p, h = 1e-5;
+      p = saved + h;
+      const double up = loss_at();
+      p = saved - h;
+      const double down = loss_at();
+      p = saved;
+      const double fd = (up - down) / (2 * h);
+      ASSERT_NEAR(analytic[emb.offset + size_t(token) * D + c], fd, 1e-7 + 1e-5 * std::fabs(fd))
+          << "token " << token << " channel " << c;
+    }
   }
+  // Each row's gradient is far above the finite-difference tolerance (~1e-7): the check has the power to see
+  // a missing term.
+  for (int token : {src_only, dec_only, nowhere}) EXPECT_GT(norm(row(token)), 1e-4) << "token " << token;
 }
 
 TEST(Model, InitialisationIsDeterministicAndScaled) {
