@@ -113,6 +113,23 @@ TEST_F(EvalCli, TranslateKeepsLinesAndMatchesBeamOneGreedyEval) {
   const Result again = run(aiayn_exe() + " translate --batch-lines 1 --checkpoint " + ckpt + " --device cpu --threads 1 < " +
                                (*dir / "in.txt"), *dir);
   EXPECT_EQ(again.out, r.out);
+  // Greedy translations of the test set's raw source lines score exactly the BLEU that greedy `aiayn eval --bleu`
+  // gives on the same corpus: the same decoder, whichever way the sentences are batched.
+  const Result greedy = run(aiayn_exe() + " translate --beam 1 --checkpoint " + ckpt + " --device cpu --threads 1 < " +
+                                data + "/text/test.src", *dir);
+  ASSERT_EQ(greedy.status, 0) << greedy.err;
+  std::ofstream(*dir / "test.hyp") << greedy.out;
+  const Result scored = run(aiayn_exe() + " bleu --ref " + data + "/text/test.tgt < " + (*dir / "test.hyp"), *dir);
+  ASSERT_EQ(scored.status, 0) << scored.err;
+  const Result eval = run(eval_cmd("--bleu --beam 1"), *dir);
+  ASSERT_EQ(eval.status, 0) << eval.err;
+  const auto by_translate = nlohmann::json::parse(scored.out), by_eval = nlohmann::json::parse(eval.out);
+  std::ifstream hyp(*dir / "test.hyp");
+  int64_t lines_out = 0;
+  for (std::string l; std::getline(hyp, l);) ++lines_out;
+  EXPECT_EQ(lines_out, by_eval["sentences"].get<int64_t>());
+  EXPECT_GT(by_eval["bleu"].get<double>(), 0.0);
+  EXPECT_EQ(by_translate["score"].get<double>(), by_eval["bleu"].get<double>());
 }
 
 TEST_F(EvalCli, ErrorsNameTheCause) {
