@@ -146,40 +146,48 @@ const Blas& blas() {
   return instance;
 }
 
-// Below this many multiply-adds a GEMM runs on the calling thread: splitting costs more than it saves.
+// Below this many multiply-adds a GEMM is one call on the calling thread: splitting costs more than it saves.
 constexpr double kSplitMacs = 1 << 20;
 
-// C's rows (or columns, whichever dimension is longer) are cut into one block per OpenMP thread, multiples of 16
-// (one AVX-512 vector of floats) except the last; each block is an independent single-threaded BLAS call.
-// Inside an OpenMP parallel region (attention's per-head products) the call stays on its thread.
-template <class T, class Fn>
-void split_gemm(Fn fn, bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
-                T beta, T* c, int ldc, const GemmEpilogue<T>& ep) {
-  const int threads = omp_in_parallel() ? 1 : omp_get_max_threads();
-  if (threads <= 1 || double(m) * n * k < kSplitMacs) {
-    fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, 0, n);
-    return;
-  }
+// The blocks a product is cut into are a function of its shape only, never of the thread count: each element of
+// C is then computed by the same single-threaded library call, with the same kernel and summation order, on 1 or
+// 16 threads, so a run's results do not depend on train.threads. (oneDNN's own threading split the sum over k
+// differently for 1 and 2 threads: losses of one run 7.7e-9 apart after 5 steps, then drifting.) C's rows (or
+// columns, whichever dimension is longer) are cut into 16 blocks, multiples of 16 (one AVX-512 vector of floats)
+// and at least 32 long; blocks go to threads round robin.
+int block_length(int len) {
+  const int per_block = (len + 15) / 16;
+  return std::max(32, (per_block + 15) / 16 * 16);
+}
+
+// Runs `call(rows_or_columns_from, count)` over the blocks; a product too small to split, or one called inside a
+// parallel region (attention's per-head products), is one call on this thread.
+template <class Call>
+void for_each_block(int m, int n, int k, Call call) {
   const bool by_rows = m >= n;
   const int len = by_rows ? m : n;
-  const int per_thread = (len + threads - 1) / threads;
-  const int block = (per_thread + 15) / 16 * 16;
+  if (omp_in_parallel() || double(m) * n * k < kSplitMacs) {
+    call(by_rows, 0, len);
+    return;
+  }
+  const int block = block_length(len);
   const int blocks = (len + block - 1) / block;
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-  for (int i = 0; i < blocks; ++i) {
-    const int lo = i * block, cnt = std::min(len, lo + block) - lo;
-    if (by_rows) {  // rows lo.. of op(A) and C
-      const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
-      fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, cnt, n, k, alpha, a_blk, lda, b, ldb, beta,
-         c + size_t(lo) * ldc, ldc);
-      if (ep.active()) apply_epilogue(ep, c, ldc, lo, lo + cnt, 0, n);
-    } else {  // columns lo.. of op(B) and C
-      const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
-      fn(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, m, cnt, k, alpha, a, lda, b_blk, ldb, beta,
-         c + lo, ldc);
-      if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, lo, lo + cnt);
-    }
+#pragma omp parallel for schedule(static, 1)
+  for (int i = 0; i < blocks; ++i) call(by_rows, i * block, std::min(len, (i + 1) * block) - i * block);
+}
+
+// One single-threaded product of rows [lo, lo + cnt) of C (by_rows) or of columns [lo, lo + cnt).
+template <class T, class Fn>
+void block_gemm(Fn fn, bool by_rows, int lo, int cnt, bool ta, bool tb, int m, int n, int k, T alpha, const T* a,
+                int lda, const T* b, int ldb, T beta, T* c, int ldc, const GemmEpilogue<T>& ep) {
+  if (by_rows) {  // rows lo.. of op(A) and C
+    const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
+    fn(ta ? 'T' : 'N', tb ? 'T' : 'N', cnt, n, k, alpha, a_blk, lda, b, ldb, beta, c + size_t(lo) * ldc, ldc);
+    if (ep.active()) apply_epilogue(ep, c, ldc, lo, lo + cnt, 0, n);
+  } else {  // columns lo.. of op(B) and C
+    const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
+    fn(ta ? 'T' : 'N', tb ? 'T' : 'N', m, cnt, k, alpha, a, lda, b_blk, ldb, beta, c + lo, ldc);
+    if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, lo, lo + cnt);
   }
 }
 
@@ -206,18 +214,33 @@ template <>
 void blas_gemm<float>(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
                       int ldb, float beta, float* c, int ldc, GemmEpilogue<float> ep) {
   const Blas& lib = blas();
-  // Inside a parallel region the call stays on its thread, which OpenBLAS (single-threaded) does best.
+  // Inside a parallel region (attention's per-head products) the call stays on its thread with OpenBLAS, which
+  // does small single-threaded products best.
   if (lib.dnnl_sgemm && g_use_onednn.load(std::memory_order_relaxed) && !omp_in_parallel()) {
-    const int status = lib.dnnl_sgemm(ta ? 'T' : 'N', tb ? 'T' : 'N', m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-    AIAYN_CHECK(status == 0, "dnnl_sgemm failed with status " + std::to_string(status) + " (m " + std::to_string(m) +
-                                 ", n " + std::to_string(n) + ", k " + std::to_string(k) + ")");
-    if (ep.active()) {
-#pragma omp parallel for
-      for (int r = 0; r < m; ++r) apply_epilogue(ep, c, ldc, r, r + 1, 0, n);
-    }
+    // oneDNN threads by OpenMP: one thread per call, so that each block is computed the same way whatever the
+    // thread count (omp_set_num_threads sets this thread's own setting, restored after the call).
+    const auto dnnl = [&](char ta_, char tb_, int m_, int n_, int k_, float al, const float* a_, int lda_,
+                          const float* b_, int ldb_, float be, float* c_, int ldc_) {
+      const int saved = omp_get_max_threads();
+      omp_set_num_threads(1);
+      const int status = lib.dnnl_sgemm(ta_, tb_, m_, n_, k_, al, a_, lda_, b_, ldb_, be, c_, ldc_);
+      omp_set_num_threads(saved);
+      AIAYN_CHECK(status == 0, "dnnl_sgemm failed with status " + std::to_string(status) + " (m " + std::to_string(m_) +
+                                   ", n " + std::to_string(n_) + ", k " + std::to_string(k_) + ")");
+    };
+    for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
+      block_gemm<float>(dnnl, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+    });
     return;
   }
-  split_gemm<float>(lib.sgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+  const auto openblas = [&](char ta_, char tb_, int m_, int n_, int k_, float al, const float* a_, int lda_,
+                            const float* b_, int ldb_, float be, float* c_, int ldc_) {
+    lib.sgemm(kRowMajor, ta_ == 'T' ? kTrans : kNoTrans, tb_ == 'T' ? kTrans : kNoTrans, m_, n_, k_, al, a_, lda_, b_,
+              ldb_, be, c_, ldc_);
+  };
+  for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
+    block_gemm<float>(openblas, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+  });
 }
 
 bool onednn_sgemm_available() { return blas().dnnl_sgemm != nullptr; }
@@ -226,7 +249,15 @@ void use_onednn_sgemm(bool on) { g_use_onednn.store(on, std::memory_order_relaxe
 template <>
 void blas_gemm<double>(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
                        const double* b, int ldb, double beta, double* c, int ldc, GemmEpilogue<double> ep) {
-  split_gemm<double>(blas().dgemm, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+  const Blas& lib = blas();
+  const auto openblas = [&](char ta_, char tb_, int m_, int n_, int k_, double al, const double* a_, int lda_,
+                            const double* b_, int ldb_, double be, double* c_, int ldc_) {
+    lib.dgemm(kRowMajor, ta_ == 'T' ? kTrans : kNoTrans, tb_ == 'T' ? kTrans : kNoTrans, m_, n_, k_, al, a_, lda_, b_,
+              ldb_, be, c_, ldc_);
+  };
+  for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
+    block_gemm<double>(openblas, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
+  });
 }
 
 std::string blas_description() {

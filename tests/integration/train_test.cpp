@@ -254,6 +254,25 @@ TEST_F(Train, ADeadRankEndsTheWholeJob) {
   kill_session(pid, SIGKILL);
 }
 
+// Results do not depend on the thread count: `aiayn train` (2 threads) and `mpirun -np 2 aiayn train` (1 thread
+// each) must agree, as 1 and 2 ranks do at equal threads. Every op's summation order is fixed by the shapes, not
+// by the threads; the small preset's products (d_ff 1024) are where oneDNN's own threading once differed.
+TEST_F(Train, ThreadCountDoesNotChangeTheResult) {
+  const std::string small = "--config " + source_dir() + "/launch/configs/small.yaml --data " + data() +
+                            " --set train.max_steps=3 --set train.log_every=1 --set train.valid_every=0"
+                            " --set train.batch_tokens=3000 --set train.max_tokens_per_rank=3000"
+                            " --set checkpoint.every_minutes=0 --set train.threads=";
+  const std::string one = tmp_ / "one", two = tmp_ / "two";
+  ASSERT_EQ(run_command(aiayn_exe() + " train --run-dir " + one + " " + small + "1", tmp_ / "one.log"), 0)
+      << read_file(tmp_ / "one.log");
+  ASSERT_EQ(run_command(aiayn_exe() + " train --run-dir " + two + " " + small + "2", tmp_ / "two.log"), 0)
+      << read_file(tmp_ / "two.log");
+  ASSERT_EQ(losses(one).size(), 3u);
+  EXPECT_EQ(losses(one), losses(two));
+  const auto a = checkpoint_tensors(latest(one), true), b = checkpoint_tensors(latest(two), true);
+  for (const auto& [name, x] : a) ASSERT_EQ(x, b.at(name)) << name;
+}
+
 // Stop and resume is bit-identical to a run that never stopped: every logged loss, every byte of the state.
 class Resume : public Train, public ::testing::WithParamInterface<int> {};
 

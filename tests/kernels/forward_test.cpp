@@ -470,6 +470,41 @@ TEST(FloatInstantiation, AttentionAndCrossEntropyAgreeWithDouble) {
   EXPECT_EQ(sf.correct, sd.correct);
 }
 
+// Every element of a product comes from the same single-threaded library call whatever the thread count: the
+// blocks depend on the shape only (cpu/blas.cpp). oneDNN's own threading split the sum over k differently on 1
+// and 2 threads where k was 1024 (a training run's losses differed from the first step); this caught it. Shapes of the model's
+// products: activations x weights, the weight gradient's long k (tokens), the output projection.
+TEST(Determinism, MatrixProductsDoNotDependOnThreadCount) {
+  Rng rng(41);
+  const int shapes[][5] = {  // m, n, k, trans_a, trans_b
+      {700, 256, 1024, 0, 1}, {1400, 768, 1024, 0, 0}, {1024, 256, 1400, 1, 0}, {1500, 1000, 256, 0, 1},
+      {37, 3001, 96, 0, 1}};
+  for (bool onednn : sgemm_libraries()) {
+    const SgemmLibrary lib(onednn);
+    for (auto& s : shapes) {
+      const int m = s[0], n = s[1], k = s[2];
+      const bool ta = s[3], tb = s[4];
+      const std::vector<float> a = rng.vec<float>(size_t(m) * k), b = rng.vec<float>(size_t(k) * n);
+      const auto product = [&](int threads) {
+        const int saved = omp_get_max_threads();
+        omp_set_num_threads(threads);
+        std::vector<float> c(size_t(m) * n);
+        cpu::blas_gemm<float>(ta, tb, m, n, k, 1.0f, a.data(), ta ? m : k, b.data(), tb ? k : n, 0.0f, c.data(), n, {});
+        omp_set_num_threads(saved);
+        return c;
+      };
+      const std::vector<float> one = product(1);
+      for (int threads : {2, 3}) {
+        const std::vector<float> other = product(threads);
+        size_t differ = 0;
+        for (size_t i = 0; i < one.size(); ++i) differ += one[i] != other[i];
+        EXPECT_EQ(differ, 0u) << (onednn ? "oneDNN" : "OpenBLAS") << " m " << m << " n " << n << " k " << k << ", "
+                              << threads << " threads against 1";
+      }
+    }
+  }
+}
+
 TEST(Determinism, ReductionsDoNotDependOnThreadCount) {
   Rng rng(37);
   const int rows = 301, cols = 130, N = 40, V = 77;
