@@ -65,7 +65,7 @@ class Watch : public ::testing::Test {
 TempDir* Watch::data_ = nullptr;
 
 // Two ranks decode their halves of the sample; `aiayn eval --bleu --sentences N` on one rank scores the saved
-// checkpoint of the same step: the BLEU must be the same number, not just close.
+// checkpoint of the same step: the BLEU (and the validation loss) must be the same number, not just close.
 TEST_F(Watch, ValidationBleuEqualsEvalAndTheBestCheckpointIsKept) {
   const std::string run = tmp_ / "run";
   const int rc = run_command(train(2, run, "--set train.max_steps=200 --set train.log_every=25 --set train.valid_every=50 "
@@ -105,6 +105,12 @@ TEST_F(Watch, ValidationBleuEqualsEvalAndTheBestCheckpointIsKept) {
   EXPECT_EQ(of_best["sentences"], 60);
   const auto of_last = eval("--checkpoint " + run + "/checkpoints/step-00000200.h5" + args, "last");
   EXPECT_EQ(of_last["bleu"].get<double>(), valid.at(200)["valid_bleu"].get<double>());
+  // So is the validation loss, in batches of min(16384, train.max_tokens_per_rank) = 600 tokens.
+  const auto loss = eval("--checkpoint " + run + "/checkpoints/step-00000200.h5 --data " + data() +
+                             "/valid.h5 --batch-tokens 600 --threads 1", "loss");
+  EXPECT_EQ(loss["loss"].get<double>(), valid.at(200)["valid_loss"].get<double>());
+  EXPECT_EQ(loss["ppl"].get<double>(), valid.at(200)["valid_ppl"].get<double>());
+  EXPECT_EQ(loss["acc"].get<double>(), valid.at(200)["valid_acc"].get<double>());
 
   // The progress line says what a user asks first.
   const std::string log = read_file(run + "/log/rank-0.log");

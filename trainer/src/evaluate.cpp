@@ -110,6 +110,35 @@ BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t
   return o;
 }
 
+LossEvaluation teacher_forced_loss(Model<float>& model, data::CorpusReader& corpus, int64_t batch_tokens,
+                                   comm::Communicator& comm) {
+  const data::CorpusInfo& info = corpus.info();
+  const data::BatchPlan plan = data::BatchPlan::build(corpus.src_lengths(), corpus.tgt_lengths(), 0, 0, batch_tokens);
+  const auto [b0, b1] = block_of(plan.size(), comm.rank(), comm.size());
+  nlohmann::json mine = nlohmann::json::array();
+  for (size_t i = b0; i < b1; ++i) {
+    const auto& pairs = plan.batch(i).pairs;
+    const Batch b = make_batch(corpus.read_pairs(pairs), pairs, info.pad_id, info.bos_id);
+    const auto st = model.forward_loss(b, 0.0f);
+    mine.push_back({hexfloat(st.nll), st.tokens, st.correct});
+  }
+  double nll = 0;
+  int64_t tokens = 0, correct = 0;
+  for (const std::string& part : comm.all_gather_host(mine.dump())) {  // rank order = batch order
+    for (const auto& row : nlohmann::json::parse(part)) {
+      nll += std::strtod(row[0].get<std::string>().c_str(), nullptr);
+      tokens += row[1].get<int64_t>();
+      correct += row[2].get<int64_t>();
+    }
+  }
+  LossEvaluation out;
+  out.tokens = tokens;
+  out.loss = nll / static_cast<double>(std::max<int64_t>(tokens, 1));
+  out.ppl = std::exp(out.loss);
+  out.acc = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(tokens, 1));
+  return out;
+}
+
 BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& tokenizer, data::CorpusReader& corpus,
                                 int64_t sentences, const BeamOptions& beam, int64_t batch_tokens,
                                 comm::Communicator& comm) {
@@ -176,34 +205,16 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
                           opt.checkpoint, im.vocab.vocab_size));
   Model<float>& model = *im.model;
 
-  // ---- teacher-forced loss: batches independent of the rank count, contiguous blocks per rank ----
-  const auto& src_len = corpus.src_lengths();
-  const auto& tgt_len = corpus.tgt_lengths();
-  const data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, 0, 0, opt.batch_tokens);
-  const auto [b0, b1] = block_of(plan.size(), rank, world);
-  nlohmann::json mine = nlohmann::json::array();
-  for (size_t i = b0; i < b1; ++i) {
-    const auto& pairs = plan.batch(i).pairs;
-    const Batch b = make_batch(corpus.read_pairs(pairs), pairs, info.pad_id, info.bos_id);
-    const auto st = model.forward_loss(b, 0.0f);
-    mine.push_back({hexfloat(st.nll), st.tokens, st.correct});
-  }
-  double nll = 0;
-  int64_t tokens = 0, correct = 0;
-  for (const std::string& part : comm.all_gather_host(mine.dump())) {  // rank order = batch order
-    for (const auto& row : nlohmann::json::parse(part)) {
-      nll += std::strtod(row[0].get<std::string>().c_str(), nullptr);
-      tokens += row[1].get<int64_t>();
-      correct += row[2].get<int64_t>();
-    }
-  }
-  const double loss = nll / static_cast<double>(std::max<int64_t>(tokens, 1));
+  // ---- teacher-forced loss ----
+  const LossEvaluation lv = teacher_forced_loss(model, corpus, opt.batch_tokens, comm);
+  const double loss = lv.loss;
+  const int64_t tokens = lv.tokens;
   nlohmann::ordered_json out;
   out["checkpoint_step"] = im.meta.step;
-  out["loss"] = loss;
-  out["ppl"] = std::exp(loss);
-  out["acc"] = static_cast<double>(correct) / static_cast<double>(std::max<int64_t>(tokens, 1));
-  out["tokens"] = tokens;
+  out["loss"] = lv.loss;
+  out["ppl"] = lv.ppl;
+  out["acc"] = lv.acc;
+  out["tokens"] = lv.tokens;
   if (rank == 0)
     log->info("eval {} on {}: loss {:.4f} nats/token, ppl {:.3f}, accuracy {:.4f} ({} target tokens, {} pairs)",
               opt.checkpoint, opt.data, loss, std::exp(loss), out["acc"].get<double>(), tokens, info.pairs);

@@ -518,7 +518,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
         double score = std::nan("");
         try {
           if (valid_loss) {
-            const ValidLoss v = validator->loss(model, comm);
+            const LossEvaluation v = validator->loss(model, comm);
             line["valid_loss"] = v.loss, line["valid_ppl"] = v.ppl, line["valid_acc"] = v.acc;
             text += fmt::format(" loss {:.4f} | ppl {:.2f} | acc {:.4f}", v.loss, v.ppl, v.acc);
             if (best.metric() == "loss") score = v.loss;

@@ -3,13 +3,11 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
+#include <algorithm>
 #include <filesystem>
 
 #include "aiayn/error.hpp"
 #include "comm/communicator.hpp"
-#include "data/batch_planner.hpp"
-#include "trainer/batch.hpp"
 
 namespace aiayn::trainer {
 namespace fs = std::filesystem;
@@ -18,8 +16,7 @@ Validator::Validator(const Config& cfg, const std::string& data_dir, const std::
     : every_loss_(cfg.train.valid_every),
       every_bleu_(cfg.train.valid_bleu_every),
       bleu_sentences_(cfg.train.valid_bleu_sentences),
-      batch_tokens_(cfg.train.batch_tokens),
-      max_tokens_per_rank_(cfg.train.max_tokens_per_rank),
+      loss_batch_tokens_(std::min(kEvalBatchTokens, cfg.train.max_tokens_per_rank)),
       beam_(resolve_beam(cfg, 0, -1, -1)) {
   if (every_loss_ == 0 && every_bleu_ == 0) return;
   const fs::path path = fs::path(data_dir) / "valid.h5";
@@ -42,26 +39,8 @@ Validator::Validator(const Config& cfg, const std::string& data_dir, const std::
   }
 }
 
-// The validation set split across ranks as training splits a batch; sums all-reduced.
-ValidLoss Validator::loss(Model<float>& model, comm::Communicator& comm) const {
-  const data::CorpusInfo& info = valid_->info();
-  const auto& src_len = valid_->src_lengths();
-  const auto& tgt_len = valid_->tgt_lengths();
-  const data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, 0, 0, batch_tokens_);
-  double sums[3] = {0, 0, 0};  // nll, tokens, correct
-  for (const auto& gb : plan.batches()) {
-    for (const auto& mb : data::split_for_rank(gb, src_len, tgt_len, comm.rank(), comm.size(), max_tokens_per_rank_)) {
-      const Batch b = make_batch(valid_->read_pairs(mb), mb, info.pad_id, info.bos_id);
-      const auto st = model.forward_loss(b, 0.0f);
-      sums[0] += st.nll, sums[1] += static_cast<double>(st.tokens), sums[2] += static_cast<double>(st.correct);
-    }
-  }
-  comm.all_reduce_sum_host(sums, 3);
-  ValidLoss v;
-  v.loss = sums[0] / std::max(1.0, sums[1]);
-  v.ppl = std::exp(v.loss);
-  v.acc = sums[2] / std::max(1.0, sums[1]);
-  return v;
+LossEvaluation Validator::loss(Model<float>& model, comm::Communicator& comm) const {
+  return teacher_forced_loss(model, *valid_, loss_batch_tokens_, comm);
 }
 
 BleuEvaluation Validator::bleu(Model<float>& model, comm::Communicator& comm) const {

@@ -62,6 +62,17 @@ struct BleuEvaluation {
   double decode_s = 0;
 };
 
+struct LossEvaluation {
+  double loss = 0, ppl = 0, acc = 0;  // nats per target token (no label smoothing), exp(loss), token accuracy
+  int64_t tokens = 0;
+};
+
+// Teacher-forced loss over the whole corpus in batches of at most `batch_tokens` padded tokens a side that
+// depend on the corpus only; ranks take contiguous blocks of batches and the per-batch sums are added in batch
+// order, so every rank count gives the same numbers. `aiayn eval` and validation during training call this.
+LossEvaluation teacher_forced_loss(Model<float>& model, data::CorpusReader& corpus, int64_t batch_tokens,
+                                   comm::Communicator& comm);
+
 // BLEU of the first `sentences` pairs of `corpus` (all when larger; the corpus must hold the raw text):
 // beam search in batches that depend on the sentences only, contiguous blocks of batches per rank,
 // hypotheses gathered back into corpus order, scored against the raw reference text. Every rank gets the
