@@ -3,7 +3,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
+#include <sstream>
 
 #include "aiayn/error.hpp"
 
@@ -24,7 +27,12 @@ Checkpointer::Checkpointer(const fs::path& run_dir, const Config& cfg, Model<flo
       extras_(std::move(extras)),
       world_(world),
       leader_(leader),
-      log_(log) {}
+      log_(log) {
+  if (const char* spec = std::getenv("AIAYN_TEST_FAIL_SAVE_AT")) {
+    std::stringstream ss(spec);
+    for (std::string item; std::getline(ss, item, ',');) fail_save_at_.push_back(std::stoll(item));
+  }
+}
 
 LoopState Checkpointer::resume(const std::string& corpus_path) {
   const std::string path =
@@ -135,7 +143,19 @@ checkpoints::SaveRequest Checkpointer::request(const LoopState& state, std::vect
 std::string Checkpointer::save(const LoopState& state, const std::string& why) {
   if (!leader_) return {};
   std::vector<float> p, m, v;
-  const std::string path = checkpoints::save_checkpoint(dir_.string(), request(state, &p, &m, &v));
+  const bool fail = std::find(fail_save_at_.begin(), fail_save_at_.end(), state.step) != fail_save_at_.end();
+  if (fail)
+    checkpoints::set_save_fault_hook([](const std::string& stage) {
+      if (stage == "rename") throw Error("injected failure (AIAYN_TEST_FAIL_SAVE_AT)");
+    });
+  std::string path;
+  try {
+    path = checkpoints::save_checkpoint(dir_.string(), request(state, &p, &m, &v));
+  } catch (...) {
+    if (fail) checkpoints::set_save_fault_hook(nullptr);
+    throw;
+  }
+  if (fail) checkpoints::set_save_fault_hook(nullptr);
   log_.info("saved checkpoint {} ({})", path, why);
   for (const auto& gone : checkpoints::prune_checkpoints(dir_.string(), static_cast<int>(cfg_.checkpoint.keep_last),
                                                          static_cast<int>(cfg_.checkpoint.average_last)))

@@ -46,7 +46,9 @@ class Checkpointer {
   // Rank 0: whether best.h5 is present and verifies; a damaged one is renamed best.h5.damaged (reported).
   bool best_file_is_sound();
 
-  // Rank 0: step-N.h5, LATEST, then retention. Returns the path ("" on other ranks).
+  // Rank 0: step-N.h5, LATEST, then retention. Returns the path ("" on other ranks). Throws when the write
+  // fails (nothing is replaced: LATEST still names the previous checkpoint). Test-only fault injection:
+  // AIAYN_TEST_FAIL_SAVE_AT="step[,step...]" makes the save of those steps fail at its rename.
   std::string save(const LoopState& state, const std::string& why);
   // Rank 0: best.h5 with the state at the best step.
   void save_best(const LoopState& state, const BestTracker& best);
@@ -66,6 +68,7 @@ class Checkpointer {
   kernels::DeviceArray<float>& adam_v_;
   std::string fingerprint_;
   std::map<std::string, std::string> extras_;
+  std::vector<int64_t> fail_save_at_;  // test-only: AIAYN_TEST_FAIL_SAVE_AT="step[,step...]"
   int world_;
   bool leader_;
   spdlog::logger& log_;
