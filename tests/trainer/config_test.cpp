@@ -7,6 +7,7 @@
 #include "aiayn/error.hpp"
 #include "test_env.hpp"
 #include "trainer/config.hpp"
+#include "trainer/runtime.hpp"
 #include "trainer/schedule.hpp"
 
 namespace aiayn::trainer {
@@ -92,6 +93,16 @@ TEST(Config, ValidationKeysAndTheirRules) {
             }).find("'checkpoint.best_metric'"),
             std::string::npos);
   EXPECT_NO_THROW(Config::parse("", "f.yaml", {"train.patience=3", "train.valid_every=0", "train.valid_bleu_every=50"}));
+}
+
+// A head wider than the CUDA attention takes is refused before training starts on a GPU, naming the key.
+TEST(Config, AHeadTooWideForTheCudaAttentionIsRefusedOnCuda) {
+  const Config wide = Config::parse("", "x", {"model.d_model=512", "model.heads=2"});  // 256 channels a head
+  EXPECT_NO_THROW(check_model_fits_device(wide, kernels::Device::CPU));
+  const std::string e = error_of([&] { check_model_fits_device(wide, kernels::Device::CUDA); });
+  EXPECT_NE(e.find("'model.heads'"), std::string::npos) << e;
+  EXPECT_NE(e.find("use at least 4 heads"), std::string::npos) << e;
+  EXPECT_NO_THROW(check_model_fits_device(Config::parse("", "x", {"model.d_model=512", "model.heads=4"}), kernels::Device::CUDA));
 }
 
 TEST(Config, ArchitectureDifferenceNamesTheKey) {

@@ -10,6 +10,7 @@
 
 #include "aiayn/error.hpp"
 #include "comm/communicator.hpp"
+#include "kernels/ops/attention.hpp"
 
 namespace aiayn::trainer {
 
@@ -61,6 +62,16 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& name, bool consol
   logger->set_pattern("[%Y-%m-%d %H:%M:%S] %v");
   logger->flush_on(spdlog::level::info);
   return logger;
+}
+
+void check_model_fits_device(const Config& cfg, kernels::Device device) {
+  if (device != kernels::Device::CUDA) return;
+  const int width = cfg.model.d_model / cfg.model.heads;
+  AIAYN_CHECK(width <= kernels::cuda::kMaxHeadWidth,
+              fmt::format("config key 'model.heads': the head width d_model / heads = {} / {} = {} is wider than the CUDA "
+                          "attention takes ({}); use at least {} heads", cfg.model.d_model, cfg.model.heads, width,
+                          kernels::cuda::kMaxHeadWidth,
+                          (cfg.model.d_model + kernels::cuda::kMaxHeadWidth - 1) / kernels::cuda::kMaxHeadWidth));
 }
 
 }  // namespace aiayn::trainer

@@ -277,6 +277,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   on_all_ranks(comm, [&] {
     device = choose_device(cfg.device, comm.local_rank(), *log, &gpu);
     bf16 = choose_bf16(cfg, device, *log);
+    check_model_fits_device(cfg, device);
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
   // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI

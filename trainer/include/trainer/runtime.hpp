@@ -24,6 +24,10 @@ kernels::Device choose_device(const std::string& setting, int local_rank, spdlog
 // the config asked for device=cpu, and falls back to fp32 with one log line when device=auto found no GPU.
 bool choose_bf16(const Config& cfg, kernels::Device device, spdlog::logger& log);
 
+// What the chosen device cannot run, refused before any work with the key named: on CUDA, a head width
+// (model.d_model / model.heads) above the attention kernels' kMaxHeadWidth.
+void check_model_fits_device(const Config& cfg, kernels::Device device);
+
 int setup_cpu_threads(int64_t configured, comm::Communicator* comm);
 
 // A logger that writes to the console (when `console`) and to `file` (when not empty), same format.

@@ -69,6 +69,9 @@ template <class T> void attention_forward(const AttentionForward<T>& a);
 template <class T> void attention_backward(const AttentionBackward<T>& a);
 }  // namespace cpu
 namespace cuda {
+// The widest head the CUDA kernels take (a warp holds a query's channels, 4 per lane). A model with wider
+// heads is refused before training starts on a GPU (trainer/src/runtime.cpp).
+constexpr int kMaxHeadWidth = 128;
 void attention_forward(const AttentionForward<float>& a, Stream s);
 void attention_backward(const AttentionBackward<float>& a, Stream s);
 void attention_forward(const AttentionForward<bf16>& a, Stream s);
