@@ -33,8 +33,8 @@ RunResult run_bleu(const std::string& ref, const std::string& hyp, const TempDir
 class BleuCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (!std::filesystem::exists(aiayn_exe())) GTEST_SKIP() << "no aiayn executable at " << aiayn_exe() << " (set AIAYN_EXE)";
-    if (!bleu_fixtures_present()) GTEST_SKIP() << "no BLEU fixtures at " << bleu_fixture_dir() << " (set AIAYN_SHARED_DIR)";
+    if (!std::filesystem::exists(aiayn_exe())) AIAYN_SKIP_OR_FAIL("no aiayn executable at " + aiayn_exe() + " (set AIAYN_EXE)");
+    if (!bleu_fixtures_present()) AIAYN_SKIP_OR_FAIL("no BLEU fixtures at " + bleu_fixture_dir() + " (set AIAYN_SHARED_DIR)");
   }
 };
 

@@ -34,7 +34,7 @@ void expect_matches(const BleuResult& r, const nlohmann::json& e, const std::str
 }
 
 TEST(Bleu, MatchesSacrebleuOnEveryFixture) {
-  if (!bleu_fixtures_present()) GTEST_SKIP() << "no BLEU fixtures at " << bleu_fixture_dir() << " (set AIAYN_SHARED_DIR)";
+  if (!bleu_fixtures_present()) AIAYN_SKIP_OR_FAIL("no BLEU fixtures at " + bleu_fixture_dir() + " (set AIAYN_SHARED_DIR)");
   const nlohmann::json expected = bleu_expected();
   ASSERT_FALSE(expected.empty());
   for (const auto& [name, e] : expected.items()) {
@@ -48,7 +48,7 @@ TEST(Bleu, MatchesSacrebleuOnEveryFixture) {
 }
 
 TEST(Bleu, ShardedStatisticsSumToTheCorpusScore) {
-  if (!bleu_fixtures_present()) GTEST_SKIP() << "no BLEU fixtures at " << bleu_fixture_dir() << " (set AIAYN_SHARED_DIR)";
+  if (!bleu_fixtures_present()) AIAYN_SKIP_OR_FAIL("no BLEU fixtures at " + bleu_fixture_dir() + " (set AIAYN_SHARED_DIR)");
   const std::string base = bleu_fixture_dir() + "/val300_perturbed";
   const auto hyps = split_lines(read_bytes(base + ".hyp"), true);
   const auto refs = split_lines(read_bytes(base + ".ref"), false);

@@ -75,7 +75,7 @@ std::vector<int32_t> strip_eos(std::vector<int32_t> ids) {
 TEST(Prepare, Multi30kRoundTrip) {
   const std::string m30k = aiayn::testing::shared_dir() + "/data/multi30k";
   if (!std::filesystem::exists(m30k + "/train.en.gz"))
-    GTEST_SKIP() << "Multi30k not found under " << m30k << " (set AIAYN_SHARED_DIR to the shared/ folder)";
+    AIAYN_SKIP_OR_FAIL("Multi30k not found under " + m30k + " (set AIAYN_SHARED_DIR to the shared/ folder)");
   TempDir dir;
   // A 5000-pair training sample as plain text (exercises the plain path), the full validation set as .gz.
   const auto en = gz_lines(m30k + "/train.en.gz", 5000), de = gz_lines(m30k + "/train.de.gz", 5000);
