@@ -64,7 +64,7 @@ MpiCommunicator::~MpiCommunicator() {
 }
 
 void MpiCommunicator::set_timeout(double seconds) {
-  AIAYN_CHECK(seconds > 0, fmt::format("communication timeout must be positive, got {}", seconds));
+  AIAYN_CHECK(seconds >= 0, fmt::format("communication timeout must not be negative, got {}", seconds));
   timeout_ = std::chrono::duration<double>(seconds);
 }
 
@@ -74,7 +74,7 @@ void MpiCommunicator::check_usable() const {
 
 void MpiCommunicator::wait(MPI_Request* request, const char* call, const std::string& what) {
   const auto start = Clock::now();
-  auto deadline = start + to_clock(timeout_);
+  auto deadline = start + to_clock(timeout_);  // unused when timeout_ is 0 (no deadline)
   auto last_poll = start;
   for (;;) {
     int done = 0;
@@ -87,7 +87,7 @@ void MpiCommunicator::wait(MPI_Request* request, const char* call, const std::st
     // job is ended): its peers did not keep it waiting, so that time does not count and it blames no one.
     if (now - last_poll > std::chrono::seconds(1)) deadline += now - last_poll;
     last_poll = now;
-    if (now >= deadline) {
+    if (timeout_.count() > 0 && now >= deadline) {
       const std::string missing = unanswered_ranks();
       broken_ = fmt::format("{} ({}) timed out after {:g} s (train.comm_timeout_s): {}", call, what, timeout_.count(),
                             missing.empty() ? std::string("every rank answered a roll call, so none is dead or frozen: "

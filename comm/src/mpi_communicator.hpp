@@ -51,7 +51,7 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm comm_ = MPI_COMM_NULL;
   MPI_Comm watch_ = MPI_COMM_NULL;  // the roll call after a missed deadline, apart from the stuck collective
   int rank_ = 0, size_ = 1, local_rank_ = 0;
-  std::chrono::duration<double> timeout_{600.0};
+  std::chrono::duration<double> timeout_{0.0};  // 0: none, until set_timeout (train sets train.comm_timeout_s)
   std::string broken_;  // the error of the collective that missed its deadline, or ""
 };
 

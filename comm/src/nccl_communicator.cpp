@@ -53,6 +53,7 @@ class NcclCommunicator final : public Communicator {
   }
   void barrier() override { host_->barrier(); }
   void set_timeout(double seconds) override {
+    AIAYN_CHECK(seconds > 0, "NCCL timeout must be positive, got " + std::to_string(seconds));
     host_->set_timeout(seconds);
     timeout_ = std::chrono::duration<double>(seconds);
   }

@@ -16,6 +16,7 @@ std::string host_name() {
 
 std::vector<std::string> check_all_ranks_present(Communicator& comm, const std::string& mine, double timeout_seconds) {
   if (comm.size() == 1) return {mine};
+  AIAYN_CHECK(timeout_seconds > 0, "start-up check: the deadline must be positive");
   const double saved = comm.timeout_seconds();
   comm.set_timeout(timeout_seconds);
   std::vector<std::string> all;

@@ -8,7 +8,7 @@
 // step and ends the job (MPI_Abort through abort_job) so no peer hangs.
 //
 // Deadlines: every collective, MPI and NCCL alike, is started non-blocking and waited for until
-// timeout_seconds() (train.comm_timeout_s) have passed; then it throws an error naming the operation, the
+// timeout_seconds() (train.comm_timeout_s in training) have passed; then it throws an error naming the operation, the
 // timeout and the ranks that did not answer a short roll call (a dead, frozen or cut-off peer), instead of
 // hanging. A collective that cannot complete cannot be cancelled either: after such an error the communicator
 // is unusable and the job must end.
@@ -47,7 +47,8 @@ class Communicator {
   virtual std::vector<std::string> all_gather_host(const std::string& mine) = 0;  // index = rank
   virtual void barrier() = 0;
 
-  // The deadline of every later collective, in seconds (> 0). Local: ignored.
+  // The deadline of every later collective, in seconds; 0 (the MPI communicator's default, so commands other
+  // than train wait as long as their peers compute) means none. Local: ignored.
   virtual void set_timeout(double seconds) { (void)seconds; }
   virtual double timeout_seconds() const { return 0; }
 };
