@@ -104,17 +104,15 @@ void MpiCommunicator::wait(MPI_Request* request, const char* call, const std::st
 // the grace period (a quarter of the deadline, 0.5 to 5 s) hears from all of them; a dead, frozen or cut-off
 // peer stays silent. The requests are left pending: the job is about to end.
 std::string MpiCommunicator::unanswered_ranks() {
-  // Static: the pending requests may outlive this communicator (a test goes on after the error).
-  static int32_t me;
-  me = rank_;
-  static std::vector<int32_t> theirs;
-  theirs.assign(static_cast<size_t>(size_), -1);
+  // Left allocated on purpose: the pending sends and receives may use them after this returns.
+  auto* me = new int32_t(rank_);
+  auto* theirs = new std::vector<int32_t>(static_cast<size_t>(size_), -1);
   std::vector<MPI_Request> recvs(static_cast<size_t>(size_), MPI_REQUEST_NULL);
   for (int r = 0; r < size_; ++r) {
     if (r == rank_) continue;
     MPI_Request send = MPI_REQUEST_NULL;
-    MPI_Isend(&me, 1, MPI_INT32_T, r, kRollCallTag, watch_, &send);
-    MPI_Irecv(&theirs[static_cast<size_t>(r)], 1, MPI_INT32_T, r, kRollCallTag, watch_, &recvs[static_cast<size_t>(r)]);
+    MPI_Isend(me, 1, MPI_INT32_T, r, kRollCallTag, watch_, &send);
+    MPI_Irecv(&(*theirs)[static_cast<size_t>(r)], 1, MPI_INT32_T, r, kRollCallTag, watch_, &recvs[static_cast<size_t>(r)]);
   }
   const auto grace = std::clamp(timeout_ / 4, std::chrono::duration<double>(0.5), std::chrono::duration<double>(5.0));
   const auto start = Clock::now();
