@@ -6,7 +6,7 @@
 //
 // What is checked: 2 hosts x 1 rank take the same steps as 1 host x 2 ranks, bit for bit, resume included; a
 // killed host, a host that vanishes, a cut link and a frozen rank end the job within train.comm_timeout_s plus
-// a few seconds, never a hang, with the checkpoint intact and the run resumable on the hosts that are left; a
+// a few seconds (a cut link sooner where Open MPI's daemon keepalive is shorter), never a hang, with the checkpoint intact and the run resumable on the hosts that are left; a
 // slow link slows the run down without a false deadline.
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -106,7 +106,7 @@ class MultiHost : public ::testing::Test {
   }
   // `aiayn train` on hosts 1..hosts, one rank each, launched from host 1 with a host file, as
   // launch/examples/multi_node.sh does on a cluster.
-  std::string on_hosts(int hosts, const std::string& run, const std::string& extra) const {
+  std::string on_hosts(int hosts, const std::string& run, const std::string& extra, const std::string& env = "") const {
     const std::string hostfile = tmp_ / ("hosts" + std::to_string(hosts));
     std::ofstream(hostfile) << [&] {
       std::string lines;
@@ -115,7 +115,7 @@ class MultiHost : public ::testing::Test {
     }();
     const std::string mpirun = "mpirun --hostfile " + hostfile + " -np " + std::to_string(hosts) +
                                " --map-by node --bind-to none " + train_args(run, extra);
-    return "env AIAYN_NETNS=" + name_ + " OMPI_MCA_plm_rsh_agent=" + scripts() +
+    return "env " + env + " AIAYN_NETNS=" + name_ + " OMPI_MCA_plm_rsh_agent=" + scripts() +
            "/netns_agent.sh OMPI_MCA_btl=self,vader,tcp OMPI_MCA_btl_tcp_if_include=10.231.7.0/24"
            " OMPI_MCA_oob_tcp_if_include=10.231.7.0/24 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"
            " ip netns exec " + host(1) + " unshare --uts /bin/sh -c 'hostname " + host(1) + " && exec " + mpirun + "'";
@@ -274,6 +274,30 @@ TEST_F(MultiHost, ACutLinkEndsTheJobNamingRankStepAndOperation) {
   EXPECT_TRUE(std::regex_search(out, std::regex("aiayn: error: rank 0: step [0-9]+: MPI_I[a-z]+ \\(.*\\) timed out after "
                                                 "8 s \\(train.comm_timeout_s\\): no answer from rank 1 ")))
       << out;
+  EXPECT_NO_THROW(checkpoint_tensors(latest(run), true));
+}
+
+// The same cut, with Open MPI's daemon keepalive shorter than the deadline (as launch/examples/multi_node.sh
+// sets it) and the kernel's default TCP retries on the launching host: Open MPI notices the lost node first,
+// reports it and ends the job at once, before aiayn's deadline.
+TEST_F(MultiHost, ACutLinkIsReportedByOpenMpiWhenItsKeepaliveIsShorter) {
+  make_hosts(2);
+  ASSERT_TRUE(shell("ip netns exec " + host(1) + " sysctl -q -w net.ipv4.tcp_retries2=15"));
+  const std::string run = tmp_ / "run", log = tmp_ / "run.log";
+  const pid_t pid = start_and_wait_for_steps(
+      on_hosts(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=60",
+               "OMPI_MCA_oob_tcp_keepalive_time=2 OMPI_MCA_oob_tcp_keepalive_intvl=1 OMPI_MCA_oob_tcp_keepalive_probes=3"),
+      run, log, 12);
+  ASSERT_TRUE(shell("ip -n " + host(2) + " link set eth0 down"));
+  const auto t0 = Clock::now();
+  const int rc = wait_for_end(pid, 90, log);
+  const double took = since(t0);
+  std::printf("cut link, keepalive 2 s + 3 x 1 s: exit status %d after %.1f s\n", rc, took);
+  const std::string out = read_file(log);
+  EXPECT_NE(rc, 0);
+  EXPECT_LT(took, 20) << out;
+  EXPECT_NE(out.find("ORTE has lost communication with a remote daemon"), std::string::npos) << out;
+  EXPECT_EQ(out.find("timed out after"), std::string::npos) << out;  // before aiayn's deadline
   EXPECT_NO_THROW(checkpoint_tensors(latest(run), true));
 }
 
