@@ -272,6 +272,7 @@ TEST_F(Train, ThreadCountDoesNotChangeTheResult) {
   EXPECT_EQ(losses(one), losses(two));
   const auto a = checkpoint_tensors(latest(one), true), b = checkpoint_tensors(latest(two), true);
   for (const auto& [name, x] : a) ASSERT_EQ(x, b.at(name)) << name;
+}
 
 // One rank frozen with SIGSTOP, on one machine: the other misses the deadline and ends the job with a line
 // naming the frozen rank, the step and the operation. Before every MPI collective had the deadline, such a job
