@@ -16,6 +16,7 @@ packages=(
   libopenblas0-pthread libdnnl2
   zlib1g-dev
   libgtest-dev libgmock-dev
+  iproute2  # tests/multihost: network-namespace hosts (ip, tc)
 )
 
 missing=()

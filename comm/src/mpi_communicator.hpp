@@ -2,7 +2,15 @@
 // Internal to comm: the MPI communicator, also the host-collective half of the NCCL communicator.
 // It works on its own duplicate of MPI_COMM_WORLD with MPI_ERRORS_RETURN, so library traffic never mixes
 // with anyone else's and every failure is an aiayn::Error naming the rank and the call.
+//
+// Every collective is non-blocking (MPI_Iallreduce, MPI_Ibcast, MPI_Iallgather(v), MPI_Ibarrier), polled with
+// MPI_Test against the deadline. A collective that misses it cannot be cancelled (MPI has no way to), so the
+// communicator is then broken: the error names the ranks that did not answer a roll call on a second
+// communicator, and every later call repeats it at once, so the job ends instead of waiting again.
 #include <mpi.h>
+
+#include <chrono>
+#include <string>
 
 #include "comm/communicator.hpp"
 
@@ -26,13 +34,25 @@ class MpiCommunicator final : public Communicator {
   void broadcast_host(void* data, size_t bytes, int root) override;
   std::vector<std::string> all_gather_host(const std::string& mine) override;
   void barrier() override;
+  void set_timeout(double seconds) override;
+  double timeout_seconds() const override { return timeout_.count(); }
 
   MPI_Comm comm() const { return comm_; }
 
  private:
-  void all_reduce(void* data, size_t n, size_t elem_bytes, MPI_Datatype type, MPI_Op op);
+  void all_reduce(void* data, size_t n, size_t elem_bytes, MPI_Datatype type, MPI_Op op, const char* what);
+  // Throws at once when an earlier collective missed its deadline (the communicator is unusable).
+  void check_usable() const;
+  // Waits for `request` (started by `call`; `what` describes the operation) until the deadline.
+  void wait(MPI_Request* request, const char* call, const std::string& what);
+  // Ranks that do not answer a roll call on watch_ within a grace period: "rank 1", "ranks 1, 3", or "".
+  std::string unanswered_ranks();
+
   MPI_Comm comm_ = MPI_COMM_NULL;
+  MPI_Comm watch_ = MPI_COMM_NULL;  // the roll call after a missed deadline, apart from the stuck collective
   int rank_ = 0, size_ = 1, local_rank_ = 0;
+  std::chrono::duration<double> timeout_{0.0};  // 0: none, until set_timeout (train sets train.comm_timeout_s)
+  std::string broken_;  // the error of the collective that missed its deadline, or ""
 };
 
 }  // namespace aiayn::comm::detail

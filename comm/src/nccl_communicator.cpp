@@ -52,6 +52,12 @@ class NcclCommunicator final : public Communicator {
     return host_->all_gather_host(mine);
   }
   void barrier() override { host_->barrier(); }
+  void set_timeout(double seconds) override {
+    AIAYN_CHECK(seconds > 0, "NCCL timeout must be positive, got " + std::to_string(seconds));
+    host_->set_timeout(seconds);
+    timeout_ = std::chrono::duration<double>(seconds);
+  }
+  double timeout_seconds() const override { return timeout_.count(); }
 
  private:
   [[noreturn]] void fail(const std::string& call, const std::string& why);
@@ -109,6 +115,7 @@ void NcclCommunicator::wait_ready(const char* call, Clock::time_point deadline) 
 NcclCommunicator::NcclCommunicator(int cuda_device, double timeout_seconds)
     : host_(std::make_unique<detail::MpiCommunicator>()), device_(cuda_device), timeout_(timeout_seconds) {
   AIAYN_CHECK(timeout_seconds > 0, "NCCL timeout must be positive, got " + std::to_string(timeout_seconds));
+  host_->set_timeout(timeout_seconds);  // the host collectives (and this constructor's) share the deadline
   const cudaError_t ce = cudaSetDevice(device_);
 
   // Rank 0 makes the id; it travels with a status, and every rank's own readiness is agreed on before the

@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -103,13 +105,58 @@ TEST_F(MpiCommTest, MpiFailureBecomesAnErrorNamingRankAndCall) {
     ADD_FAILURE() << "broadcast with an invalid root succeeded";
   } catch (const aiayn::Error& e) {
     const std::string what = e.what();
-    EXPECT_NE(what.find("rank " + std::to_string(comm_->rank()) + ": MPI_Bcast failed: "), std::string::npos)
+    EXPECT_NE(what.find("rank " + std::to_string(comm_->rank()) + ": MPI_Ibcast failed: "), std::string::npos)
         << what;
   }
   // The communicator is still usable afterwards.
   int64_t one = 1;
   comm_->all_reduce_sum_host(&one, 1);
   EXPECT_EQ(one, comm_->size());
+}
+
+// The last rank joins an all-reduce only after the others' deadline: they fail with an error naming it (it did
+// not answer the roll call), the communicator refuses further collectives at once, and nobody hangs. The late
+// rank's own all-reduce still completes (the others' request stays alive in MPI), so the suite goes on.
+TEST_F(MpiCommTest, ACollectiveMissingAPeerTimesOutNamingIt) {
+  const int late = comm_->size() - 1;
+  int64_t x = 1;
+  if (comm_->rank() == late) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past the deadline and the roll call
+    comm_->all_reduce_sum_host(&x, 1);
+    EXPECT_EQ(x, comm_->size());
+  } else {
+    comm_->set_timeout(1.0);
+    EXPECT_EQ(comm_->timeout_seconds(), 1.0);
+    const auto t0 = std::chrono::steady_clock::now();
+    try {
+      comm_->all_reduce_sum_host(&x, 1);
+      ADD_FAILURE() << "an all-reduce without rank " << late << " succeeded";
+    } catch (const aiayn::Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("MPI_Iallreduce (int64 sum of 1 values) timed out after 1 s (train.comm_timeout_s): no "
+                          "answer from rank " + std::to_string(late) + " "),
+                std::string::npos)
+          << what;
+    }
+    const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    EXPECT_GE(took, 1.0);
+    EXPECT_LT(took, 2.4);  // the deadline plus the roll call's 0.5 s, before the late rank arrives
+    try {
+      comm_->barrier();
+      ADD_FAILURE() << "a barrier on a communicator whose collective timed out succeeded";
+    } catch (const aiayn::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("unusable"), std::string::npos) << e.what();
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);  // progresses the abandoned all-reduce until the late rank's completes
+}
+
+TEST_F(MpiCommTest, StartUpCheckGathersEveryRank) {
+  comm_->set_timeout(100);
+  const auto all = check_all_ranks_present(*comm_, "rank " + std::to_string(comm_->rank()) + " on " + host_name(), 5);
+  ASSERT_EQ(all.size(), static_cast<size_t>(comm_->size()));
+  for (int r = 0; r < comm_->size(); ++r) EXPECT_EQ(all[r].rfind("rank " + std::to_string(r) + " on ", 0), 0u) << all[r];
+  EXPECT_EQ(comm_->timeout_seconds(), 100);  // restored
 }
 
 }  // namespace

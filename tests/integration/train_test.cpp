@@ -1,6 +1,7 @@
 // `aiayn train` end to end on the synthetic corpus: ranks, faults, signals, resume, kills.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -271,6 +272,45 @@ TEST_F(Train, ThreadCountDoesNotChangeTheResult) {
   EXPECT_EQ(losses(one), losses(two));
   const auto a = checkpoint_tensors(latest(one), true), b = checkpoint_tensors(latest(two), true);
   for (const auto& [name, x] : a) ASSERT_EQ(x, b.at(name)) << name;
+}
+
+// One rank frozen with SIGSTOP, on one machine: the other misses the deadline and ends the job with a line
+// naming the frozen rank, the step and the operation. Before every MPI collective had the deadline, such a job
+// (rank 1 stopped, train.comm_timeout_s=10) was still hanging 90 s later.
+TEST_F(Train, AFrozenRankEndsTheJobAtTheDeadline) {
+  const std::string run = tmp_ / "frozen", log = tmp_ / "frozen.log";
+  const pid_t pid = spawn_command(
+      train(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=2 --set train.comm_timeout_s=5"), log);
+  for (int i = 0; i < 600 && losses(run).size() < 3; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  ASSERT_GE(losses(run).size(), 3u) << read_file(log);
+  const std::string ranks = tmp_ / "ranks.txt";
+  ASSERT_EQ(std::system(("pgrep -s " + std::to_string(pid) + " -f 'aiayn train' > " + ranks).c_str()), 0);
+  std::ifstream in(ranks);
+  pid_t victim = 0;
+  for (pid_t p = 0; in >> p;) {  // the process of rank 1
+    const std::string env = read_file("/proc/" + std::to_string(p) + "/environ");
+    if (env.find(std::string("OMPI_COMM_WORLD_RANK=1") + '\0') != std::string::npos) victim = p;
+  }
+  ASSERT_GT(victim, 0);
+  kill(victim, SIGSTOP);
+  const auto t0 = std::chrono::steady_clock::now();
+  int rc = -1, status = 0;
+  while (std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60) && rc == -1) {
+    if (waitpid(pid, &status, WNOHANG) == pid) rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  kill_session(pid, SIGKILL);  // whatever is left, if the job hung
+  if (rc == -1) wait_for(pid);
+  std::printf("frozen rank: exit status %d after %.1f s\n", rc, took);
+  const std::string out = read_file(log);
+  ASSERT_NE(rc, -1) << "the job hung:\n" << out;
+  EXPECT_NE(rc, 0);
+  EXPECT_LT(took, 5 + 8) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("aiayn: error: rank 0: step [0-9]+: MPI_I[a-z]+ \\(.*\\) timed out after "
+                                                "5 s \\(train.comm_timeout_s\\): no answer from rank 1 ")))
+      << out;
+  EXPECT_NO_THROW(checkpoint_tensors(latest(run), true));
 }
 
 // Stop and resume is bit-identical to a run that never stopped: every logged loss, every byte of the state.

@@ -1,11 +1,13 @@
 #include "trainer/runtime.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <thread>
 
 #include "aiayn/error.hpp"
@@ -52,6 +54,19 @@ int setup_cpu_threads(int64_t configured, comm::Communicator* comm) {
   }
   kernels::set_cpu_threads(threads);
   return threads;
+}
+
+void check_ranks_at_startup(comm::Communicator& comm, kernels::Device device, int gpu, double comm_timeout_s,
+                            spdlog::logger& log) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const std::string mine = fmt::format("{} ({})", comm::host_name(),
+                                       device == kernels::Device::CUDA ? fmt::format("GPU {}", gpu) : "CPU");
+  const auto all = comm::check_all_ranks_present(comm, mine, std::min(comm_timeout_s, 60.0));
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::vector<std::string> ranks;
+  for (size_t r = 0; r < all.size(); ++r) ranks.push_back(fmt::format("{}: {}", r, all[r]));
+  log.info("start-up check: {} rank(s) answered in {:.2f} s; rank: host (device): {}", all.size(), secs,
+           fmt::join(ranks, ", "));
 }
 
 std::shared_ptr<spdlog::logger> make_logger(const std::string& name, bool console, const std::string& file) {

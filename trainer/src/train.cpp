@@ -231,6 +231,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       cfg = Config::load(opt.config_path, opt.overrides);
     }
   });
+  comm.set_timeout(cfg.train.comm_timeout_s);  // every collective from here on has this deadline
   std::string setup_error;
   if (leader) {
     try {
@@ -280,6 +281,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     check_model_fits_device(cfg, device);
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
+  check_ranks_at_startup(comm, device, gpu, cfg.train.comm_timeout_s, *log);
   // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
   // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL). NCCL needs
   // the MPI session (its id travels by MPI_Bcast): a plain process, one rank, keeps the local communicator.

@@ -6,6 +6,12 @@
 // collectives (flags, statistics, broadcast of a cursor, gathering strings) go through MPI on both MPI and
 // NCCL communicators. Every failure throws aiayn::Error naming this rank and the call; the caller adds the
 // step and ends the job (MPI_Abort through abort_job) so no peer hangs.
+//
+// Deadlines: every collective, MPI and NCCL alike, is started non-blocking and waited for until
+// timeout_seconds() (train.comm_timeout_s in training) have passed; then it throws an error naming the operation, the
+// timeout and the ranks that did not answer a short roll call (a dead, frozen or cut-off peer), instead of
+// hanging. A collective that cannot complete cannot be cancelled either: after such an error the communicator
+// is unusable and the job must end.
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -40,7 +46,20 @@ class Communicator {
   virtual void broadcast_host(void* data, size_t bytes, int root) = 0;
   virtual std::vector<std::string> all_gather_host(const std::string& mine) = 0;  // index = rank
   virtual void barrier() = 0;
+
+  // The deadline of every later collective, in seconds; 0 (the MPI communicator's default, so commands other
+  // than train wait as long as their peers compute) means none. Local: ignored.
+  virtual void set_timeout(double seconds) { (void)seconds; }
+  virtual double timeout_seconds() const { return 0; }
 };
+
+// The start-up check: before the first step every rank takes part in a small all-reduce and a gather of
+// `mine` (its host and device) with the short deadline `timeout_seconds` (the communicator's own deadline is
+// restored afterwards). Returns every rank's `mine`, index = rank; a rank that is missing or mis-wired fails
+// every rank within seconds with an error naming the ranks that did not answer.
+std::vector<std::string> check_all_ranks_present(Communicator& comm, const std::string& mine, double timeout_seconds);
+// This machine's host name (what the start-up check reports).
+std::string host_name();
 
 // MPI's lifetime. Initialises MPI (MPI_THREAD_FUNNELED) when the process was started by mpirun/mpiexec or
 // srun (detected from the launcher's environment), so that a plain `aiayn ...` runs as one rank without MPI.

@@ -34,7 +34,7 @@ struct TrainSection {
   int64_t max_consecutive_skips = 5;
   int64_t threads = 0;  // CPU threads per rank; 0 = cores / ranks on the node
   double bucket_mb = 8.0;  // gradient all-reduce bucket (MiB of float32), started from the backward pass
-  double comm_timeout_s = 600.0;  // deadline of each NCCL operation (a dead or hung peer ends the job)
+  double comm_timeout_s = 600.0;  // deadline of each collective, MPI and NCCL (a dead or hung peer ends the job)
   int64_t shards = 2;   // shares of each global batch, summed pairwise: 1 and `shards` ranks agree bit for bit
 };
 

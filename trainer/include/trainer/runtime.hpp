@@ -30,6 +30,12 @@ void check_model_fits_device(const Config& cfg, kernels::Device device);
 
 int setup_cpu_threads(int64_t configured, comm::Communicator* comm);
 
+// The start-up check before the first step: every rank takes part in a small all-reduce and a gather with a
+// short deadline (min(comm_timeout_s, 60 s)), and rank 0 logs the world size and each rank's host and device.
+// A missing or unreachable rank fails every rank within that deadline with an error naming it.
+void check_ranks_at_startup(comm::Communicator& comm, kernels::Device device, int gpu, double comm_timeout_s,
+                            spdlog::logger& log);
+
 // A logger that writes to the console (when `console`) and to `file` (when not empty), same format.
 std::shared_ptr<spdlog::logger> make_logger(const std::string& name, bool console, const std::string& file);
 
