@@ -593,6 +593,9 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   }
 
   // ---- the end: a final checkpoint, then the average of the last ones ----
+  // Rank 0 alone writes and averages (many big checkpoints on slow storage can take longer than the deadline);
+  // the others wait for it without one: were rank 0 to die, Open MPI ends the job.
+  comm.set_timeout(0);
   std::string end_error;
   if (leader) {
     try {
