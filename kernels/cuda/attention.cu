@@ -49,7 +49,7 @@ constexpr int kWarps = 4;
 constexpr int kRowsPerWarp = 4;
 constexpr int kRowTile = kWarps * kRowsPerWarp;  // query rows (forward, dq) or key rows (dk, dv) per block
 constexpr int kColTile = 32;                     // keys (forward, dq) or queries (dk, dv) per staged tile
-constexpr int kMaxDh = kMaxHeadWidth;
+constexpr int kMaxDh = cuda::kMaxHeadWidth;
 constexpr int kPerLane = kMaxDh / 32;
 
 // Everything the kernels need, by value (no CUDA types in the public header, so copy the shape here).
