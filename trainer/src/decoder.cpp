@@ -143,7 +143,7 @@ struct IncrementalDecoder<T>::Impl {
     linear(x, N, in, P(w), bias_at(bias), out, y, out, relu);
   }
   void norm_fwd(const T* x, const Norm& n, T* y, T* mean, T* rstd, int rows) {
-    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, 1e-5f});
+    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, kLayerNormEpsilon});
   }
   // pre-norm: F's input is LayerNorm(x) (into ln); post-norm: x itself.
   const T* sub_in(const T* x, const Norm& n, T* ln, T* mean, T* rstd, int rows) {
