@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "fast_math.hpp"
+#include "kernels/fast_math.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "reference.hpp"
 
@@ -282,6 +282,19 @@ struct HeadScratch {
         ds_t(backward ? size_t(s.Tk) * s.Tq : 0), e(s.Tk + 1) {}
 };
 
+// The forward pass's scratch of the calling thread, kept across calls and grown when a shape needs more: the
+// decoder calls attention twice per layer per step on small shapes, where allocating (and zeroing) it each time
+// cost as much as the attention. forward_head writes every element it reads (the packed keys' padding too).
+template <class T>
+HeadScratch<T>& forward_scratch(const AttentionShape<T>& s) {
+  thread_local HeadScratch<T> scratch(AttentionShape<T>{}, false);
+  const size_t packed = size_t(s.Dh) * padded_keys(s.Tk), row = size_t(s.Tk) + 1;
+  if (scratch.packed.size() < packed) scratch.packed.resize(packed);
+  if (scratch.row.size() < row) scratch.row.resize(row);
+  if (scratch.e.size() < row) scratch.e.resize(row);
+  return scratch;
+}
+
 template <class T>
 __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(const AttentionForward<T>& a, int b,
                                                                               int h, HeadScratch<T>& w) {
@@ -365,7 +378,7 @@ void attention_forward(const AttentionForward<T>& a) {
   check_shape(s, "attention_forward");
 #pragma omp parallel
   {
-    HeadScratch<T> scratch(s, false);
+    HeadScratch<T>& scratch = forward_scratch(s);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) forward_head(a, b, h, scratch);
