@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Decoding speed on a CPU: `aiayn translate` against CTranslate2 (float32, and int8 for reference) on the same
 # sentences, the same model (exported with `aiayn export`), the same threads and beam. Not a test: it prints
-#   engine  sentences/s  target tokens/s  (wall time of the whole command, start-up included)
+#   engine  wall and CPU seconds, sentences/s, target tokens/s (the whole command, start-up included)
 # and the ratio aiayn / CTranslate2 float32. Target tokens are the SentencePiece tokens of each engine's output.
 #
 #   launch/bench_decode.sh [--checkpoint C] [--src FILE] [--sentences 1000] [--threads 2] [--beam 4]
-#                          [--lenpen-ct2 0.5] [--python PY] [--repeat 3]
+#                          [--lenpen-ct2 0.45] [--python PY] [--repeat 3]
 #
 # Without --checkpoint it prepares the synthetic corpus and trains the tiny preset (300 steps, as the export test)
 # in a temporary folder; without --src it decodes the last --sentences lines of that corpus' training source.
@@ -14,7 +14,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 exe=${AIAYN_EXE:-$root/build/aiayn}
-ckpt="" src="" n=1000 threads=2 beam=4 lenpen_ct2=0.5 repeat=3
+ckpt="" src="" n=1000 threads=2 beam=4 lenpen_ct2=0.45 repeat=3
 py=${AIAYN_PYTHON:-}
 [[ -z "$py" && -x "$HOME/.cache/aiayn-venv/bin/python" ]] && py=$HOME/.cache/aiayn-venv/bin/python
 py=${py:-python3}
@@ -49,18 +49,19 @@ fi
 tail -n "$n" "$src" >"$work/src.txt"
 "$exe" export --checkpoint "$ckpt" --format ctranslate2 --out "$work/ct2" --python "$py" >/dev/null
 
-# best wall seconds of $repeat runs of "$@" (stdout to $out)
+# "best_wall_seconds cpu_seconds_of_that_run" of $repeat runs of "$@" (stdout to $out). CPU seconds (user + sys,
+# all threads) are steadier than wall time on a shared machine, where the wall time also counts the waits.
 best_of() {
   local out=$1; shift
-  local best=""
+  local best="" best_cpu=""
   for _ in $(seq "$repeat"); do
-    local t0 t1
-    t0=$(date +%s.%N)
-    "$@" <"$work/src.txt" >"$out" 2>>"$work/log"
-    t1=$(date +%s.%N)
-    best=$(awk -v a="$best" -v b="$(echo "$t1 - $t0" | bc)" 'BEGIN { print (a == "" || b < a) ? b : a }')
+    /usr/bin/time -f "%e %U %S" -o "$work/time" "$@" <"$work/src.txt" >"$out" 2>>"$work/log"
+    read -r wall user sys <"$work/time"
+    if [[ -z "$best" ]] || awk -v a="$wall" -v b="$best" 'BEGIN { exit !(a < b) }'; then
+      best=$wall best_cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { print u + s }')
+    fi
   done
-  echo "$best"
+  echo "$best $best_cpu"
 }
 tokens_of() {
   "$py" -c 'import sentencepiece, sys
@@ -77,11 +78,17 @@ t_int8=$(best_of "$work/hyp.int8" "$py" "$root/launch/ct2_translate.py" --model 
 lines=$(wc -l <"$work/src.txt")
 same=$(paste -d '\t' "$work/hyp.aiayn" "$work/hyp.fp32" | awk -F '\t' '$1 == $2' | wc -l)
 echo "decoding $lines sentences, beam $beam, $threads threads, $(lscpu | sed -n 's/^Model name: *//p' | head -1)"
-printf '%-22s %9s %12s %14s\n' engine seconds sentences/s "tgt tokens/s"
+echo "(best wall time of $repeat runs, start-up included; CPU = user + sys seconds of that run)"
+printf '%-22s %8s %8s %12s %14s %16s\n' engine wall_s cpu_s sentences/s "tgt tokens/s" "sentences/cpu-s"
 for e in aiayn:"$t_aiayn":hyp.aiayn ctranslate2-float32:"$t_fp32":hyp.fp32 ctranslate2-int8:"$t_int8":hyp.int8; do
-  IFS=: read -r name secs file <<<"$e"
+  IFS=: read -r name times file <<<"$e"
+  read -r secs cpu <<<"$times"
   toks=$(tokens_of "$work/$file")
-  awk -v n="$name" -v s="$secs" -v l="$lines" -v t="$toks" 'BEGIN { printf "%-22s %9.2f %12.1f %14.1f\n", n, s, l / s, t / s }'
+  awk -v n="$name" -v s="$secs" -v c="$cpu" -v l="$lines" -v t="$toks" \
+    'BEGIN { printf "%-22s %8.2f %8.2f %12.1f %14.1f %16.1f\n", n, s, c, l / s, t / s, l / c }'
 done
-awk -v a="$t_aiayn" -v c="$t_fp32" 'BEGIN { printf "ratio aiayn / ctranslate2-float32 (sentences/s): %.2fx\n", c / a }'
-echo "identical lines aiayn vs ctranslate2-float32: $same of $lines"
+read -r wa ca <<<"$t_aiayn"
+read -r wc cc <<<"$t_fp32"
+awk -v a="$wa" -v c="$wc" -v ac="$ca" -v cc="$cc" \
+  'BEGIN { printf "ratio aiayn / ctranslate2-float32: %.2fx sentences/s (wall), %.2fx sentences per CPU second\n", c / a, cc / ac }'
+echo "identical lines aiayn vs ctranslate2-float32 (length_penalty $lenpen_ct2): $same of $lines"

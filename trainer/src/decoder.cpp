@@ -177,10 +177,13 @@ struct IncrementalDecoder<T>::Impl {
     const size_t count = static_cast<size_t>(rows) * D;
     if (pre) {
       k::add(dev, k::AddArgs<T>{x, f, out, count});
-    } else {
-      k::add(dev, k::AddArgs<T>{x, f, sum, count});
-      norm_fwd(sum, n, out, mean, rstd, rows);
+      return;
     }
+    // One fused op, as Model's post-norm sub_out (the same arithmetic as add then layer_norm_forward).
+    k::ResidualNormForward<T> r;
+    r.x = x, r.f = f, r.gamma = P(n.w), r.beta = P(n.b), r.s = sum, r.y = out, r.mean = mean, r.rstd = rstd;
+    r.rows = rows, r.cols = D, r.eps = kLayerNormEpsilon;
+    k::residual_norm_forward(dev, r);
   }
   void attention(const k::AttentionShape<T>& shape, const T* q, const T* kk, const T* v, T* out) {
     k::AttentionForward<T> a;
