@@ -516,17 +516,23 @@ bool better(const Candidate& a, const Candidate& b) {
 // log-probabilities (log p = logit - log_norm, one shift for the whole row).
 template <class T>
 void best_tokens(const T* row, int V, int take, std::vector<int32_t>* best) {
-  best->clear();
+  best->resize(static_cast<size_t>(take));
+  int32_t* ids = best->data();
+  int n = 0;
+  T worst = T(0);  // row[ids[take - 1]] once the buffer is full
   for (int32_t v = 0; v < V; ++v) {
     const T x = row[v];
-    const int n = static_cast<int>(best->size());
-    if (n == take && !(x > row[(*best)[n - 1]])) continue;  // on a tie the lower id, already in, stays
-    int pos = n;  // after every entry whose logit is >= x
-    while (pos > 0 && row[(*best)[pos - 1]] < x) --pos;
-    if (n < take) best->push_back(0);
-    for (int i = std::min(n, take - 1); i > pos; --i) (*best)[i] = (*best)[i - 1];
-    (*best)[pos] = v;
+    if (n == take && !(x > worst)) continue;  // on a tie the lower id, already in, stays
+    int pos = n < take ? n : take - 1;         // the slot x takes: after every entry whose logit is >= x
+    while (pos > 0 && row[ids[pos - 1]] < x) {
+      ids[pos] = ids[pos - 1];
+      --pos;
+    }
+    ids[pos] = v;
+    if (n < take) ++n;
+    if (n == take) worst = row[ids[take - 1]];
   }
+  best->resize(static_cast<size_t>(n));
 }
 
 // Every decoder row of every step as (token fed, parent row of the step before): a hypothesis' tokens are read
