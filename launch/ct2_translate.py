@@ -27,6 +27,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--compute-type", default="default", help="float32, int8, ... (default: as saved)")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    parser.add_argument("--one-call", action="store_true",
+                        help="one translate_batch call for all lines (CTranslate2 sorts and batches them itself), "
+                             "limited to the longest source + EOS + max_len_b: faster, but a sentence may then run past "
+                             "its own aiayn limit")
     parser.add_argument("--max-len-b", type=int, default=50,
                         help="at most (source tokens + EOS + N) output tokens, as aiayn's eval.max_len_b; "
                              "sentences are decoded in groups of one source length, since CTranslate2's limit is per call")
@@ -49,7 +53,10 @@ def main():
             by_length.setdefault(len(p), []).append(i)
     out = [""] * len(lines)
     tokens = 0
-    for length, group in sorted(by_length.items()):
+    groups = sorted(by_length.items())
+    if args.one_call and groups:
+        groups = [(groups[-1][0], sorted(i for _, g in groups for i in g))]
+    for length, group in groups:
         # aiayn: at most source length (EOS included) + max_len_b tokens, then EOS is forced; CTranslate2 stops
         # after max_decoding_length tokens (EOS excluded), so the greedy hypotheses agree token for token.
         gnmt = args.gnmt_alpha is not None and args.beam > 1
