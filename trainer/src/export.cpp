@@ -131,7 +131,10 @@ void run_export(const ExportOptions& o) {
   AIAYN_CHECK(o.format == "ctranslate2", fmt::format("--format: unknown format '{}' (known: ctranslate2)", o.format));
   AIAYN_CHECK(!o.out.empty(), "--out: no directory given");
   AIAYN_CHECK(o.max_positions >= 1, fmt::format("--max-positions must be positive (got {})", o.max_positions));
-  const fs::path out = fs::path(o.out).lexically_normal();
+  fs::path out = fs::path(o.out).lexically_normal();
+  if (!out.has_filename() && out.has_parent_path()) out = out.parent_path();  // "DIR/" names DIR
+  AIAYN_CHECK(out.has_filename() && out.filename() != "." && out.filename() != "..",
+              fmt::format("--out {}: give the model directory's own name", o.out));
   std::error_code ec;
   const bool out_exists = fs::exists(out, ec);
   if (out_exists) {
