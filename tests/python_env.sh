@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes (once) the Python environment the tests use for the field's own Python tools, and prints its
-# interpreter: TensorBoard's event reader (tests of RUN/tensorboard). Packages come from PyPI into a venv,
-# never into the system's Python: ${AIAYN_VENV:-$HOME/.cache/aiayn-venv}, reused when it already has them.
+# interpreter: TensorBoard's event reader (tests of RUN/tensorboard), CTranslate2 and SentencePiece (tests of
+# `aiayn export`). Packages come from PyPI into a venv, never into the system's Python: ${AIAYN_VENV:-$HOME/.cache/aiayn-venv}, reused when it already has them.
 # Prints nothing and exits 1 when it cannot be made (no python3 venv module, no network); the tests that need
 # it then skip with the reason, or fail under AIAYN_NO_SKIP=1.
 set -euo pipefail
@@ -9,7 +9,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 venv=${AIAYN_VENV:-$HOME/.cache/aiayn-venv}
 requirements=$root/tests/requirements.txt
 # What each requirement is imported as, to check the venv without asking PyPI.
-imports="tensorboard"
+imports="tensorboard, ctranslate2, sentencepiece"
 
 if [[ -x "$venv/bin/python" ]] && "$venv/bin/python" -c "import $imports" 2>/dev/null; then
   echo "$venv/bin/python"

@@ -69,6 +69,10 @@ std::string Tokenizer::decode(const std::vector<int32_t>& ids) const {
 }
 
 int Tokenizer::vocab_size() const { return impl_->sp.GetPieceSize(); }
+std::string Tokenizer::piece(int id) const {
+  AIAYN_CHECK(id >= 0 && id < vocab_size(), fmt::format("token id {} outside the vocabulary [0, {})", id, vocab_size()));
+  return impl_->sp.IdToPiece(id);
+}
 const std::string& Tokenizer::serialized() const { return impl_->serialized; }
 std::string Tokenizer::sha256() const { return sha256_hex(impl_->serialized); }
 

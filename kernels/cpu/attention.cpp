@@ -20,7 +20,7 @@
 #include <string>
 #include <vector>
 
-#include "fast_math.hpp"
+#include "kernels/fast_math.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "reference.hpp"
 
@@ -215,6 +215,28 @@ inline __attribute__((always_inline)) void times_packed(const T* __restrict x, c
   }
 }
 
+// times_packed for one query without the packing: out[j] = x . k[j] for j < n (rows of k at `stride`), with
+// times_packed's arithmetic per key (four chains over d % 4, now the lanes of one 4-vector, then
+// (a0 + a1) + (a2 + a3)), so the scores are the same bit for bit. With one query (the decoder's self-attention,
+// one new position per hypothesis) packing the keys cost more than the products it serves.
+template <class T>
+inline __attribute__((always_inline)) void times_rows(const T* __restrict x, const T* __restrict k, long stride, int Dh,
+                                                      int n, T* __restrict out) {
+  typedef T Vec4 __attribute__((vector_size(4 * sizeof(T))));
+  for (int j = 0; j < n; ++j) {
+    const T* kj = k + j * stride;
+    Vec4 a = {}, xv, kv;
+    int d = 0;
+    for (; d + 4 <= Dh; d += 4) {
+      std::memcpy(&xv, x + d, sizeof xv);
+      std::memcpy(&kv, kj + d, sizeof kv);
+      a += xv * kv;
+    }
+    for (; d < Dh; ++d) a[0] += x[d] * kj[d];
+    out[j] = (a[0] + a[1]) + (a[2] + a[3]);
+  }
+}
+
 // out[d] = sum_{j < n} coef[j] * rows[j * stride + d] for d < Dh (overwrites out). Channels in groups of
 // four vectors, each its own chain over j.
 template <class T>
@@ -282,6 +304,19 @@ struct HeadScratch {
         ds_t(backward ? size_t(s.Tk) * s.Tq : 0), e(s.Tk + 1) {}
 };
 
+// The forward pass's scratch of the calling thread, kept across calls and grown when a shape needs more: the
+// decoder calls attention twice per layer per step on small shapes, where allocating (and zeroing) it each time
+// cost as much as the attention. forward_head writes every element it reads (the packed keys' padding too).
+template <class T>
+HeadScratch<T>& forward_scratch(const AttentionShape<T>& s) {
+  thread_local HeadScratch<T> scratch(AttentionShape<T>{}, false);
+  const size_t packed = size_t(s.Dh) * padded_keys(s.Tk), row = size_t(s.Tk) + 1;
+  if (scratch.packed.size() < packed) scratch.packed.resize(packed);
+  if (scratch.row.size() < row) scratch.row.resize(row);
+  if (scratch.e.size() < row) scratch.e.resize(row);
+  return scratch;
+}
+
 template <class T>
 __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(const AttentionForward<T>& a, int b,
                                                                               int h, HeadScratch<T>& w) {
@@ -290,14 +325,19 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(co
   const int k_len = valid_keys(s, b), ld = padded_keys(s.Tk);
   T* kt = w.packed.data();  // [Dh, ld]
   T* pd = w.row.data();     // [Tk] p after dropout
+  const T* k0 = a.k + b * s.kv_bstride + h * s.Dh;
   const T* v0 = a.v + b * s.kv_bstride + h * s.Dh;
-  pack_transposed(a.k + b * s.kv_bstride + h * s.Dh, s.kv_stride, k_len, s.Dh, ld, kt);
+  const bool one_query = s.Tq == 1;
+  if (!one_query) pack_transposed(k0, s.kv_stride, k_len, s.Dh, ld, kt);
   for (int t = 0; t < s.Tq; ++t) {
     const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
     T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
     T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : pd;  // [Tk]
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
-    times_packed(q, kt, ld, s.Dh, n_valid, p);
+    if (one_query)
+      times_rows(q, k0, s.kv_stride, s.Dh, n_valid, p);
+    else
+      times_packed(q, kt, ld, s.Dh, n_valid, p);
 #pragma omp simd
     for (int j = 0; j < n_valid; ++j) p[j] *= scale;
     if (n_valid > 0) softmax_row(p, n_valid, w.e.data());
@@ -365,7 +405,7 @@ void attention_forward(const AttentionForward<T>& a) {
   check_shape(s, "attention_forward");
 #pragma omp parallel
   {
-    HeadScratch<T> scratch(s, false);
+    HeadScratch<T>& scratch = forward_scratch(s);
 #pragma omp for collapse(2)
     for (int b = 0; b < s.B; ++b)
       for (int h = 0; h < s.H; ++h) forward_head(a, b, h, scratch);

@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "fast_math.hpp"
+#include "kernels/fast_math.hpp"
 
 namespace aiayn::kernels::cpu {
 namespace {

@@ -7,6 +7,7 @@
 
 #include "dropout_row.hpp"
 #include "kernels/positional.hpp"
+#include "parallel_grain.hpp"
 
 namespace aiayn::kernels::cpu {
 namespace {
@@ -34,7 +35,7 @@ void embed_forward(const EmbedForward<T>& a) {
   if (table_pe)
     for (int t = 0; t < a.seq_len; ++t)
       for (int c = 0; c < a.D; ++c) pe[size_t(t) * a.D + c] = static_cast<T>(sinusoid(t, c, a.D));
-#pragma omp parallel for
+#pragma omp parallel for if (long(a.N) * a.D >= kParallelGrain)
   for (int n = 0; n < a.N; ++n) {
     const T* emb = a.table + size_t(a.ids[n]) * a.D;  // [D]
     T* out = a.out + size_t(n) * a.D;                 // [D]

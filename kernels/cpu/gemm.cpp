@@ -7,6 +7,7 @@
 
 #include "blas.hpp"
 #include "column_sums.hpp"
+#include "parallel_grain.hpp"
 
 namespace aiayn::kernels::cpu {
 
@@ -63,7 +64,7 @@ void add(const AddArgs<T>& a) {
   const long n = static_cast<long>(a.n);
   const T *x0 = a.a, *x1 = a.b;
   T* y = a.y;
-#pragma omp parallel for simd  // y may be a or b (in place)
+#pragma omp parallel for simd if (n >= kParallelGrain)  // y may be a or b (in place)
   for (long i = 0; i < n; ++i) y[i] = x0[i] + x1[i];
 }
 

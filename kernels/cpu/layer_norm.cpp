@@ -11,6 +11,7 @@
 
 #include "column_sums.hpp"
 #include "dropout_row.hpp"
+#include "parallel_grain.hpp"
 
 namespace aiayn::kernels::cpu {
 
@@ -93,7 +94,7 @@ void backward_rows(const LayerNormBackward<T>& a, AfterRow after_row) {
 
 template <class T>
 void layer_norm_forward(const LayerNormForward<T>& a) {
-#pragma omp parallel for
+#pragma omp parallel for if (long(a.rows) * a.cols >= kParallelGrain)
   for (int r = 0; r < a.rows; ++r) forward_row(a, r);
 }
 
@@ -109,7 +110,7 @@ void residual_norm_forward(const ResidualNormForward<T>& a) {
   check_mask(a.drop, a.rows, "residual_norm_forward");
   const LayerNormForward<T> ln{a.s, a.gamma, a.beta, a.y, a.mean, a.rstd, a.rows, a.cols, a.eps};
   const T keep_prob = T(1) - static_cast<T>(a.drop.p);
-#pragma omp parallel for
+#pragma omp parallel for if (long(a.rows) * a.cols >= kParallelGrain)
   for (int r = 0; r < a.rows; ++r) {
     const size_t at = size_t(r) * a.cols;
     T* s = a.s + at;  // [cols]

@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "aiayn/error.hpp"
+#include "kernels/fast_math.hpp"
 #include "kernels/ops.hpp"
 
 namespace aiayn::trainer {
@@ -20,6 +21,23 @@ namespace k = aiayn::kernels;
 using k::Device;
 
 double length_penalty(int length, double alpha) { return std::pow((5.0 + length) / 6.0, alpha); }
+
+namespace {
+
+// log sum_j exp(x[j]) in double, for one row of logits [n]. target_clones: an AVX-512 clone beside the
+// portable one (as the CPU kernels), so the exponentials run eight to a vector where the machine has it.
+template <class T>
+__attribute__((target_clones("arch=x86-64-v4", "default"))) double log_sum_exp(const T* x, int n) {
+  T mx = x[0];
+  for (int j = 1; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
+  const double m = static_cast<double>(mx);
+  double sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < n; ++j) sum += kernels::cpu::exp_nonpositive(static_cast<double>(x[j]) - m);
+  return m + std::log(sum);
+}
+
+}  // namespace
 
 template <class T>
 struct IncrementalDecoder<T>::Impl {
@@ -53,8 +71,9 @@ struct IncrementalDecoder<T>::Impl {
   // ---- device buffers ----
   k::DeviceArray<int32_t> ints;  // src [B*S] | src_len [B] | tokens [R0] | positions [R0] | row_len [R0]
   int32_t *src = nullptr, *src_len = nullptr, *tokens = nullptr, *positions = nullptr, *row_len = nullptr;
-  k::DeviceArray<T> enc_buf, memory, cross_kv[2], cache[2], step_buf;
-  int ckv_cur = 0, cache_cur = 0;
+  k::DeviceArray<T> enc_buf, memory, cross_kv, cache[2], step_buf;  // cache[1 - cache_cur]: reorder's spare rows
+  int cache_cur = 0;
+  std::vector<char> saved_rows;  // [R] reorder: rows saved to the spare buffer before being rewritten
   size_t rows_cap = 0;  // R0: rows the caches were laid out for (layer stride)
   // encoder scratch [B*S, ...]
   T *ex = nullptr, *ey = nullptr, *esum = nullptr, *eln = nullptr, *eqkv = nullptr, *ectx = nullptr, *etmp = nullptr,
@@ -62,8 +81,10 @@ struct IncrementalDecoder<T>::Impl {
   // step scratch [R0, ...]
   T *sx = nullptr, *sy = nullptr, *ssum = nullptr, *sln = nullptr, *sq = nullptr, *sctx = nullptr, *stmp = nullptr,
     *sh = nullptr, *smean = nullptr, *srstd = nullptr, *slogits = nullptr;
-  std::vector<T> logits_host;
-  std::vector<double> logp;
+  std::vector<T> logits_host;   // [R0, V] a host copy of the logits (devices other than the CPU)
+  std::vector<double> log_norm;  // [R0] per row log-sum-exp of the logits
+  std::vector<double> logp;      // [R, V] step()'s full log-probabilities
+  std::vector<int32_t> step_positions, step_lengths;  // [R] host staging of the step's positions, key counts
 
   explicit Impl(Model<T>& m)
       : model(m), dev(m.device()), D(m.spec().arch.d_model), H(m.spec().arch.heads),
@@ -143,7 +164,7 @@ struct IncrementalDecoder<T>::Impl {
     linear(x, N, in, P(w), bias_at(bias), out, y, out, relu);
   }
   void norm_fwd(const T* x, const Norm& n, T* y, T* mean, T* rstd, int rows) {
-    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, 1e-5f});
+    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, kLayerNormEpsilon});
   }
   // pre-norm: F's input is LayerNorm(x) (into ln); post-norm: x itself.
   const T* sub_in(const T* x, const Norm& n, T* ln, T* mean, T* rstd, int rows) {
@@ -156,10 +177,13 @@ struct IncrementalDecoder<T>::Impl {
     const size_t count = static_cast<size_t>(rows) * D;
     if (pre) {
       k::add(dev, k::AddArgs<T>{x, f, out, count});
-    } else {
-      k::add(dev, k::AddArgs<T>{x, f, sum, count});
-      norm_fwd(sum, n, out, mean, rstd, rows);
+      return;
     }
+    // One fused op, as Model's post-norm sub_out (the same arithmetic as add then layer_norm_forward).
+    k::ResidualNormForward<T> r;
+    r.x = x, r.f = f, r.gamma = P(n.w), r.beta = P(n.b), r.s = sum, r.y = out, r.mean = mean, r.rstd = rstd;
+    r.rows = rows, r.cols = D, r.eps = kLayerNormEpsilon;
+    k::residual_norm_forward(dev, r);
   }
   void attention(const k::AttentionShape<T>& shape, const T* q, const T* kk, const T* v, T* out) {
     k::AttentionForward<T> a;
@@ -179,7 +203,7 @@ struct IncrementalDecoder<T>::Impl {
   }
 
   T* layer_cache(int buf, int l) { return cache[buf].data() + static_cast<size_t>(l) * rows_cap * Tmax * 2 * D; }
-  T* layer_ckv(int buf, int l) { return cross_kv[buf].data() + static_cast<size_t>(l) * B * S * 2 * D; }
+  T* layer_ckv(int l) { return cross_kv.data() + static_cast<size_t>(l) * B * S * 2 * D; }
 
   // ---- start: layout, encoder, cross-attention K/V ----
   void start(const std::vector<std::vector<int32_t>>& sources, int rows_per_sentence, int max_steps) {
@@ -221,9 +245,9 @@ struct IncrementalDecoder<T>::Impl {
     ex = take(Ns * D), ey = take(Ns * D), esum = take(Ns * D), eln = take(Ns * D), ectx = take(Ns * D);
     etmp = take(Ns * D), eqkv = take(Ns * 3 * D), eh = take(Ns * F), emean = take(Ns), erstd = take(Ns);
     ensure(memory, dev, Ns * D);
-    for (auto& c : cross_kv) ensure(c, dev, static_cast<size_t>(L) * Ns * 2 * D);
+    ensure(cross_kv, dev, static_cast<size_t>(L) * Ns * 2 * D);
     for (auto& c : cache) ensure(c, dev, static_cast<size_t>(L) * rows_cap * Tmax * 2 * D);
-    ckv_cur = cache_cur = 0;
+    cache_cur = 0;
 
     // step scratch
     const size_t s_need = rows_cap * (7 * D + F + static_cast<size_t>(V)) + 2 * rows_cap;
@@ -269,18 +293,19 @@ struct IncrementalDecoder<T>::Impl {
       k::device_copy(dev, memory.data(), dev, x, count * sizeof(T));
     // cross-attention K/V of every decoder layer, once per sentence: [B, S, 2D]
     for (int l = 0; l < L; ++l)
-      linear(memory.data(), N, D, dec_p[l].kv_w, dec_p[l].kv_b, 2 * D, layer_ckv(ckv_cur, l));
+      linear(memory.data(), N, D, dec_p[l].kv_w, dec_p[l].kv_b, 2 * D, layer_ckv(l));
   }
 
   // ---- one decoder step for every row ----
-  const std::vector<double>& step(const std::vector<int32_t>& toks) {
+  typename IncrementalDecoder<T>::StepScores step_scores(const std::vector<int32_t>& toks) {
     AIAYN_CHECK(static_cast<int>(toks.size()) == R,
                 fmt::format("decoder: step got {} tokens for {} rows", toks.size(), R));
     AIAYN_CHECK(t < Tmax, fmt::format("decoder: step {} is beyond the {} steps prepared", t + 1, Tmax));
-    const std::vector<int32_t> pos(R, t), lens(R, t + 1);
+    step_positions.assign(R, t);
+    step_lengths.assign(R, t + 1);
     k::device_copy(dev, tokens, Device::CPU, toks.data(), static_cast<size_t>(R) * 4);
-    k::device_copy(dev, positions, Device::CPU, pos.data(), static_cast<size_t>(R) * 4);
-    k::device_copy(dev, row_len, Device::CPU, lens.data(), static_cast<size_t>(R) * 4);
+    k::device_copy(dev, positions, Device::CPU, step_positions.data(), static_cast<size_t>(R) * 4);
+    k::device_copy(dev, row_len, Device::CPU, step_lengths.data(), static_cast<size_t>(R) * 4);
 
     k::EmbedForward<T> e;
     e.ids = tokens, e.table = P(emb), e.out = sx, e.positions = positions, e.N = R, e.D = D, e.V = V, e.seq_len = 1;
@@ -307,7 +332,7 @@ struct IncrementalDecoder<T>::Impl {
       // cross-attention: one attention batch entry per sentence, its K rows as the queries
       fin = sub_in(x, pl.cross_norm, sln, smean, srstd, R);
       linear(fin, R, D, pl.q_w, pl.q_b, D, sq);
-      const T* ckv = layer_ckv(ckv_cur, l);
+      const T* ckv = layer_ckv(l);
       k::AttentionShape<T> c = shape(Sn, K, S, src_len);
       c.q_bstride = static_cast<long>(K) * D, c.q_stride = D;
       c.kv_bstride = static_cast<long>(S) * 2 * D, c.kv_stride = 2 * D;
@@ -336,19 +361,29 @@ struct IncrementalDecoder<T>::Impl {
     k::gemm(dev, g);
     ++t;
 
+    // On the CPU the logits are read where the GEMM wrote them; other devices copy them to the host.
     const size_t n = static_cast<size_t>(R) * V;
-    logits_host.resize(n);
-    k::device_copy(Device::CPU, logits_host.data(), dev, slogits, n * sizeof(T));
-    logp.resize(n);
-    for (int r = 0; r < R; ++r) {  // log-softmax in double, as Model::forward_log_probs
-      const T* row = logits_host.data() + static_cast<size_t>(r) * V;
-      double mx = row[0];
-      for (int j = 1; j < V; ++j) mx = std::max(mx, static_cast<double>(row[j]));
-      double sum = 0;
-      for (int j = 0; j < V; ++j) sum += std::exp(static_cast<double>(row[j]) - mx);
-      const double lse = mx + std::log(sum);
+    const T* logits = slogits;
+    if (dev != Device::CPU) {
+      logits_host.resize(n);
+      k::device_copy(Device::CPU, logits_host.data(), dev, slogits, n * sizeof(T));
+      logits = logits_host.data();
+    }
+    // log-sum-exp per row in double (log p = logit - log_norm), over rows in parallel; the exponentials are
+    // the vectorised exp_nonpositive (a few ulp from libm's), the sum in a fixed order for a given build.
+    log_norm.resize(R);
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; ++r) log_norm[r] = log_sum_exp(logits + static_cast<size_t>(r) * V, V);
+    return {logits, log_norm.data()};
+  }
+
+  const std::vector<double>& step(const std::vector<int32_t>& toks) {
+    const auto scores = step_scores(toks);
+    logp.resize(static_cast<size_t>(R) * V);
+    for (int r = 0; r < R; ++r) {
+      const T* row = scores.logits + static_cast<size_t>(r) * V;
       double* o = logp.data() + static_cast<size_t>(r) * V;
-      for (int j = 0; j < V; ++j) o[j] = static_cast<double>(row[j]) - lse;
+      for (int j = 0; j < V; ++j) o[j] = static_cast<double>(row[j]) - scores.log_norm[r];
     }
     return logp;
   }
@@ -371,29 +406,41 @@ struct IncrementalDecoder<T>::Impl {
     for (int r = 0; identity && r < newR; ++r) identity = parent[r] == r;
     if (identity) return;
     if (t > 0) {
-      const int other = 1 - cache_cur;
+      // In place: a row whose parent is itself keeps its cache, a moving row copies its parent's t positions.
+      // A parent that moves too and is read by another row is first saved to the spare buffer, so that no
+      // row is read after it was rewritten (rows at or beyond newR are never rewritten).
+      const int spare = 1 - cache_cur;
       const size_t row_elems = static_cast<size_t>(Tmax) * 2 * D;
       const size_t used = static_cast<size_t>(t) * 2 * D * sizeof(T);
-      for (int l = 0; l < L; ++l) {
-        const T* from = layer_cache(cache_cur, l);
-        T* to = layer_cache(other, l);
-        for (int r = 0; r < newR; ++r)
-          k::device_copy(dev, to + r * row_elems, dev, from + parent[r] * row_elems, used);
+      saved_rows.assign(static_cast<size_t>(R), 0);
+      for (int r = 0; r < newR; ++r) {
+        const int p = parent[r];
+        if (p != r && p < newR && parent[p] != p) saved_rows[p] = 1;
       }
-      cache_cur = other;
+      for (int l = 0; l < L; ++l) {
+        T* rows = layer_cache(cache_cur, l);
+        T* saved = layer_cache(spare, l);
+        for (int p = 0; p < newR; ++p)
+          if (saved_rows[p]) k::device_copy(dev, saved + p * row_elems, dev, rows + p * row_elems, used);
+        for (int r = 0; r < newR; ++r) {
+          const int p = parent[r];
+          if (p == r) continue;
+          const T* from = (saved_rows[p] ? saved : rows) + p * row_elems;
+          k::device_copy(dev, rows + r * row_elems, dev, from, used);
+        }
+      }
     }
     bool same_sentences = newSn == Sn;
     for (int s = 0; same_sentences && s < newSn; ++s) same_sentences = sent[s] == s;
     if (!same_sentences) {
-      const int other = 1 - ckv_cur;
+      // Compaction in place: sent[] increases and sent[s] >= s, so block sent[s] is read before anything
+      // is written over it.
       const size_t block = static_cast<size_t>(S) * 2 * D;
       for (int l = 0; l < L; ++l) {
-        const T* from = layer_ckv(ckv_cur, l);
-        T* to = layer_ckv(other, l);
+        T* blocks = layer_ckv(l);
         for (int s = 0; s < newSn; ++s)
-          k::device_copy(dev, to + s * block, dev, from + sent[s] * block, block * sizeof(T));
+          if (sent[s] != s) k::device_copy(dev, blocks + s * block, dev, blocks + sent[s] * block, block * sizeof(T));
       }
-      ckv_cur = other;
       std::vector<int32_t> lens(newSn);
       for (int s = 0; s < newSn; ++s) lens[s] = src_len_host[sent[s]];
       src_len_host = lens;
@@ -414,6 +461,10 @@ void IncrementalDecoder<T>::start(const std::vector<std::vector<int32_t>>& sourc
 template <class T>
 const std::vector<double>& IncrementalDecoder<T>::step(const std::vector<int32_t>& tokens) {
   return impl_->step(tokens);
+}
+template <class T>
+typename IncrementalDecoder<T>::StepScores IncrementalDecoder<T>::step_scores(const std::vector<int32_t>& tokens) {
+  return impl_->step_scores(tokens);
 }
 template <class T>
 void IncrementalDecoder<T>::reorder(const std::vector<int>& parent) {
@@ -460,6 +511,53 @@ bool better(const Candidate& a, const Candidate& b) {
   return a.token < b.token;
 }
 
+// The `take` best tokens of one row of logits by (logit descending, id ascending), best first, in one pass: a
+// small sorted buffer that most tokens fail to enter with one comparison. Ranking the logits ranks the
+// log-probabilities (log p = logit - log_norm, one shift for the whole row).
+template <class T>
+void best_tokens(const T* row, int V, int take, std::vector<int32_t>* best) {
+  best->resize(static_cast<size_t>(take));
+  int32_t* ids = best->data();
+  int n = 0;
+  T worst = T(0);  // row[ids[take - 1]] once the buffer is full
+  for (int32_t v = 0; v < V; ++v) {
+    const T x = row[v];
+    if (n == take && !(x > worst)) continue;  // on a tie the lower id, already in, stays
+    int pos = n < take ? n : take - 1;         // the slot x takes: after every entry whose logit is >= x
+    while (pos > 0 && row[ids[pos - 1]] < x) {
+      ids[pos] = ids[pos - 1];
+      --pos;
+    }
+    ids[pos] = v;
+    if (n < take) ++n;
+    if (n == take) worst = row[ids[take - 1]];
+  }
+  best->resize(static_cast<size_t>(n));
+}
+
+// Every decoder row of every step as (token fed, parent row of the step before): a hypothesis' tokens are read
+// back from its last row, so no per-row history is copied as the beam reorders. Level t holds the rows fed at
+// step t; level 0 is the BOS rows.
+struct Trail {
+  std::vector<int32_t> token, parent;
+  std::vector<size_t> level_start;
+  void add_level(const std::vector<int32_t>& tokens, const std::vector<int>& parents) {
+    level_start.push_back(token.size());
+    token.insert(token.end(), tokens.begin(), tokens.end());
+    parent.insert(parent.end(), parents.begin(), parents.end());
+  }
+  // The tokens after BOS of row `row` of level `level` (level tokens).
+  std::vector<int32_t> tokens_of(int level, int row) const {
+    std::vector<int32_t> out(static_cast<size_t>(level));
+    for (int l = level; l > 0; --l) {
+      const size_t at = level_start[static_cast<size_t>(l)] + static_cast<size_t>(row);
+      out[static_cast<size_t>(l - 1)] = token[at];
+      row = parent[at];
+    }
+    return out;
+  }
+};
+
 }  // namespace
 
 template <class T>
@@ -483,22 +581,28 @@ std::vector<Hypothesis> beam_search(IncrementalDecoder<T>& decoder, const std::v
   }
   decoder.start(sources, K, steps);
 
+  struct Finished {
+    double log_prob, score;
+    int level, row;  // the hypothesis' last row in the trail (its EOS is not stored)
+  };
   std::vector<int> live(B);  // live slot -> sentence
   for (int b = 0; b < B; ++b) live[b] = b;
-  std::vector<std::vector<Hypothesis>> finished(B);
-  std::vector<std::vector<int32_t>> hist(static_cast<size_t>(B) * K);
+  std::vector<std::vector<Finished>> finished(B);
   std::vector<double> cum(static_cast<size_t>(B) * K, neg_inf);
   for (int b = 0; b < B; ++b) cum[static_cast<size_t>(b) * K] = 0.0;  // the K copies of BOS count once
   std::vector<int32_t> tokens(static_cast<size_t>(B) * K, spec.bos_id);
+  Trail trail;
+  trail.add_level(tokens, std::vector<int>(tokens.size(), -1));
 
+  // Reused across steps (no allocation once they have grown).
   std::vector<Candidate> cands;
-  std::vector<int32_t> order(V);
+  std::vector<int32_t> best, next_tokens;
+  std::vector<int> next_live, parent;
+  std::vector<double> next_cum;
+  const int take = std::min(V, 2 * K);
   for (int t = 0; !live.empty(); ++t) {
-    const std::vector<double>& logp = decoder.step(tokens);
-    std::vector<int> next_live, parent;
-    std::vector<std::vector<int32_t>> next_hist;
-    std::vector<double> next_cum;
-    std::vector<int32_t> next_tokens;
+    const auto scores = decoder.step_scores(tokens);
+    next_live.clear(), parent.clear(), next_cum.clear(), next_tokens.clear();
     for (size_t s = 0; s < live.size(); ++s) {
       const int b = live[s];
       const bool force_eos = t >= max_len[b];
@@ -506,18 +610,15 @@ std::vector<Hypothesis> beam_search(IncrementalDecoder<T>& decoder, const std::v
       for (int j = 0; j < K; ++j) {
         const int r = static_cast<int>(s) * K + j;
         if (cum[r] == neg_inf) continue;
-        const double* lp = logp.data() + static_cast<size_t>(r) * V;
+        const T* row = scores.logits + static_cast<size_t>(r) * V;
+        const double norm = scores.log_norm[r];
         if (force_eos) {
-          cands.push_back({cum[r] + lp[eos], r, eos});
+          cands.push_back({cum[r] + (static_cast<double>(row[eos]) - norm), r, eos});
           continue;
         }
         // this row's best 2K tokens (the sentence's best 2K are among the rows' best 2K)
-        const int take = std::min(V, 2 * K);
-        for (int v = 0; v < V; ++v) order[v] = v;
-        std::partial_sort(order.begin(), order.begin() + take, order.end(), [&](int32_t x, int32_t y) {
-          return lp[x] != lp[y] ? lp[x] > lp[y] : x < y;
-        });
-        for (int i = 0; i < take; ++i) cands.push_back({cum[r] + lp[order[i]], r, order[i]});
+        best_tokens(row, V, take, &best);
+        for (const int32_t v : best) cands.push_back({cum[r] + (static_cast<double>(row[v]) - norm), r, v});
       }
       std::sort(cands.begin(), cands.end(), better);
       if (static_cast<int>(cands.size()) > 2 * K) cands.resize(2 * K);
@@ -526,51 +627,47 @@ std::vector<Hypothesis> beam_search(IncrementalDecoder<T>& decoder, const std::v
       for (size_t i = 0; i < cands.size(); ++i) {
         const Candidate& c = cands[i];
         if (c.token == eos) {
-          if (static_cast<int>(i) < K) {
-            Hypothesis h;
-            h.tokens = hist[c.row];
-            h.log_prob = c.value;
-            h.score = c.value / length_penalty(static_cast<int>(h.tokens.size()) + 1, options.lenpen);
-            finished[b].push_back(std::move(h));
-          }
+          // every row of step t carries t tokens, so |Y| = t and the EOS makes t + 1
+          if (static_cast<int>(i) < K)
+            finished[b].push_back({c.value, c.value / length_penalty(t + 1, options.lenpen), t, c.row});
         } else if (n_next < K) {
           parent.push_back(c.row);
-          next_hist.push_back(hist[c.row]);
-          next_hist.back().push_back(c.token);
           next_cum.push_back(c.value);
           next_tokens.push_back(c.token);
           ++n_next;
         }
       }
       if (force_eos || static_cast<int>(finished[b].size()) >= K || n_next == 0) {
-        parent.resize(first_new), next_hist.resize(first_new), next_cum.resize(first_new), next_tokens.resize(first_new);
+        parent.resize(first_new), next_cum.resize(first_new), next_tokens.resize(first_new);
         continue;
       }
       for (; n_next < K; ++n_next) {  // dead rows keep the block full; they never produce candidates
         parent.push_back(static_cast<int>(s) * K);
-        next_hist.emplace_back();
         next_cum.push_back(neg_inf);
         next_tokens.push_back(eos);
       }
       next_live.push_back(b);
     }
-    live = std::move(next_live);
+    live.swap(next_live);
     if (live.empty()) break;
     decoder.reorder(parent);
-    hist = std::move(next_hist);
-    cum = std::move(next_cum);
-    tokens = std::move(next_tokens);
+    trail.add_level(next_tokens, parent);
+    cum.swap(next_cum);
+    tokens.swap(next_tokens);
   }
 
-  std::vector<Hypothesis> best(B);
+  std::vector<Hypothesis> out(B);
   for (int b = 0; b < B; ++b) {
     AIAYN_CHECK(!finished[b].empty(), fmt::format("beam search: sentence {} finished no hypothesis", b));
     size_t i_best = 0;
     for (size_t i = 1; i < finished[b].size(); ++i)
       if (finished[b][i].score > finished[b][i_best].score) i_best = i;
-    best[b] = finished[b][i_best];
+    const Finished& f = finished[b][i_best];
+    out[b].tokens = trail.tokens_of(f.level, f.row);
+    out[b].log_prob = f.log_prob;
+    out[b].score = f.score;
   }
-  return best;
+  return out;
 }
 
 template <class T>
@@ -590,21 +687,21 @@ std::vector<Hypothesis> greedy_decode(IncrementalDecoder<T>& decoder, const std:
   std::vector<Hypothesis> out(B);
   std::vector<int> live(B);
   for (int b = 0; b < B; ++b) live[b] = b;
-  std::vector<int32_t> tokens(B, spec.bos_id);
+  std::vector<int32_t> tokens(B, spec.bos_id), next_tokens;
+  std::vector<int> next_live, parent;
   for (int t = 0; !live.empty(); ++t) {
-    const std::vector<double>& logp = decoder.step(tokens);
-    std::vector<int> next_live, parent;
-    std::vector<int32_t> next_tokens;
+    const auto scores = decoder.step_scores(tokens);
+    next_live.clear(), parent.clear(), next_tokens.clear();
     for (size_t s = 0; s < live.size(); ++s) {
       const int b = live[s];
-      const double* lp = logp.data() + s * V;
+      const T* row = scores.logits + s * V;
       int32_t tok = spec.eos_id;
       if (t < max_len[b]) {
         tok = 0;
         for (int v = 1; v < V; ++v)
-          if (lp[v] > lp[tok]) tok = v;  // strict: the lowest id wins ties
+          if (row[v] > row[tok]) tok = v;  // strict: the lowest id wins ties
       }
-      out[b].log_prob += lp[tok];
+      out[b].log_prob += static_cast<double>(row[tok]) - scores.log_norm[s];
       if (tok == spec.eos_id) {
         out[b].score = out[b].log_prob / length_penalty(static_cast<int>(out[b].tokens.size()) + 1, lenpen);
         continue;
@@ -614,10 +711,10 @@ std::vector<Hypothesis> greedy_decode(IncrementalDecoder<T>& decoder, const std:
       parent.push_back(static_cast<int>(s));
       next_tokens.push_back(tok);
     }
-    live = std::move(next_live);
+    live.swap(next_live);
     if (live.empty()) break;
     decoder.reorder(parent);
-    tokens = std::move(next_tokens);
+    tokens.swap(next_tokens);
   }
   return out;
 }

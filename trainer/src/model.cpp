@@ -284,7 +284,7 @@ struct Core final : Model<T>::Impl {
   void copy(A* dst, const A* from, size_t n) { k::device_copy(dev, dst, dev, from, n * sizeof(A)); }
   void add(const A* a, const A* b, A* y, size_t n) { k::add(dev, k::AddArgs<A>{a, b, y, n}); }
   void norm_fwd(const A* x, const Norm& n, A* y, T* mean, T* rstd, int rows) {
-    k::layer_norm_forward(dev, k::LayerNormForward<A, T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, 1e-5f});
+    k::layer_norm_forward(dev, k::LayerNormForward<A, T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, kLayerNormEpsilon});
   }
   void norm_bwd(A* dy_dx, const A* x, const Norm& n, const T* mean, const T* rstd, int rows) {
     k::layer_norm_backward(dev, k::LayerNormBackward<A, T>{dy_dx, x, P(n.w), mean, rstd, dy_dx, G(n.w), G(n.b), rows, D});
@@ -328,7 +328,7 @@ struct Core final : Model<T>::Impl {
     }
     k::ResidualNormForward<A, T> r;
     r.x = x, r.f = f, r.gamma = P(n.w), r.beta = P(n.b), r.s = s.ln_x, r.y = s.out, r.mean = s.mean, r.rstd = s.rstd;
-    r.rows = rows, r.cols = D, r.eps = 1e-5f, r.drop = mask(seq_len, st, p_out(), dc);
+    r.rows = rows, r.cols = D, r.eps = kLayerNormEpsilon, r.drop = mask(seq_len, st, p_out(), dc);
     k::residual_norm_forward(dev, r);
   }
   // Backward of sub_out: d_out (gradient w.r.t. s.out) becomes, in place, the residual part of the

@@ -19,6 +19,7 @@ class Tokenizer {
   std::vector<int32_t> encode(const std::string& text) const;   // without EOS
   std::string decode(const std::vector<int32_t>& ids) const;     // stops at nothing: strip EOS/pad first
   int vocab_size() const;
+  std::string piece(int id) const;                                // the vocabulary entry of an id ("<s>", "\u2581the")
   const std::string& serialized() const;                          // the model file's bytes
   std::string sha256() const;
 

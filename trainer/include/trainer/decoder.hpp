@@ -10,7 +10,8 @@
 //    K/V are stored once per sentence, never per hypothesis.
 //  - Self-attention cache of layer l: [R, Tmax, 2D] (k in columns [0, D), v in [D, 2D)); step t writes row t of
 //    every hypothesis directly from the projection GEMM (ldc = Tmax * 2D).
-//  - reorder() gathers caches by parent row (beam reordering) and drops finished sentences (compaction).
+//  - reorder() rewrites the caches in place by parent row (beam reordering; only rows whose parent is another
+//    row are copied) and drops finished sentences (compaction).
 //
 // Beam search (fairseq's rule): each step takes the 2K best (cumulative log-prob) extensions of a sentence's
 // K hypotheses; an EOS among the first K of them finishes a hypothesis with score = log p(Y) / lp(|Y|),
@@ -54,6 +55,13 @@ class IncrementalDecoder {
   void start(const std::vector<std::vector<int32_t>>& sources, int rows_per_sentence, int max_steps);
   // Feeds one token per row at the next position; returns the log-probabilities [rows, V] (host, double).
   const std::vector<double>& step(const std::vector<int32_t>& tokens);
+  // The same step without materialising [rows, V] doubles (what the searches use): log p(v | row r) =
+  // double(logits[r * V + v]) - log_norm[r], the value step() returns. Host pointers, valid until the next call.
+  struct StepScores {
+    const T* logits = nullptr;        // [rows, V]
+    const double* log_norm = nullptr;  // [rows] log-sum-exp of the row
+  };
+  StepScores step_scores(const std::vector<int32_t>& tokens);
   // New row r continues old row parent[r]; parent.size() is a multiple of rows_per_sentence, and each block of
   // rows_per_sentence new rows comes from one old sentence's rows (blocks of finished sentences are dropped).
   void reorder(const std::vector<int>& parent);

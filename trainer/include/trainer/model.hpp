@@ -25,6 +25,9 @@
 
 namespace aiayn::trainer {
 
+// The epsilon of every LayerNorm of the network (training, decoding, and what `aiayn export` declares).
+inline constexpr float kLayerNormEpsilon = 1e-5f;
+
 struct ModelSpec {
   ModelSection arch;
   int vocab = 0;

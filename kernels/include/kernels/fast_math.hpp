@@ -1,5 +1,6 @@
 #pragma once
-// Internal to the CPU backend: math the hot loops need in a form GCC vectorises (libm's scalar calls do not).
+// Host math that hot CPU loops (the kernels, the decoder's log-softmax) need in a form GCC vectorises (libm's
+// scalar calls do not).
 #include <cstdint>
 #include <cstring>
 
