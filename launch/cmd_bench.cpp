@@ -1,4 +1,4 @@
-// aiayn bench --config FILE.yaml [--set ...] --vocab V --sentences B --src-len S --tgt-len T [--steps N]
+// aiayn bench --config FILE.yaml [--set ...] --vocab V --sentences B --src-len S --tgt-len T [--steps N] [--token-dist uniform|zipf]
 #include <cstdio>
 #include <memory>
 
@@ -19,6 +19,9 @@ void add_bench_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--steps", o->steps, "timed steps")->capture_default_str();
   cmd->add_option("--warmup-steps", o->warmup_steps, "untimed steps first")->capture_default_str();
   cmd->add_option("--peak-tflops", o->peak_tflops, "peak TFLOP/s for MFU on a GPU")->capture_default_str();
+  cmd->add_option("--token-dist", o->token_dist, "token ids: uniform over [4, V), or zipf (BOS/EOS and 1/rank, as in real corpora)")
+      ->check(CLI::IsMember({"uniform", "zipf"}))
+      ->capture_default_str();
   cmd->add_flag("--profile", o->profile, "also time every op (a table on stderr; on a GPU each op is synchronised)");
   cmd->callback([o, &ctx]() {
     std::printf("%s\n", trainer::run_bench(*o).dump().c_str());

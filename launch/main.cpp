@@ -4,10 +4,14 @@
 #include <cstdio>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <string>
 
 #include <CLI/CLI.hpp>
 
 #include "aiayn/error.hpp"
+#include "comm/communicator.hpp"
+#include "kernels/device.hpp"
 #include "commands.hpp"
 
 namespace {
@@ -31,7 +35,10 @@ int main(int argc, char** argv) {
   using namespace aiayn::launch;
   CLI::App app{"aiayn: the Transformer of \"Attention Is All You Need\" for machine translation"};
   app.require_subcommand(1);
-  app.set_version_flag("--version", "aiayn 0.1");
+  // The libraries this binary loads, as the GPU check's first lines (no GPU needed: versions only).
+  app.set_version_flag("--version", std::function<std::string()>([] {
+    return "aiayn 0.1; " + aiayn::kernels::cuda_versions() + "; " + aiayn::comm::nccl_version();
+  }));
   Context ctx;
   ctx.argc = &argc;
   ctx.argv = &argv;

@@ -44,6 +44,7 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_sum(float* data, size_t n, void* stream) override;
   void all_reduce_sum_async(float* data, size_t n, void* stream) override;
   void wait(void* stream) override;
+  void abort() noexcept override;
   void all_reduce_sum_host(double* data, size_t n) override { host_->all_reduce_sum_host(data, n); }
   void all_reduce_sum_host(int64_t* data, size_t n) override { host_->all_reduce_sum_host(data, n); }
   void all_reduce_max_host(int64_t* data, size_t n) override { host_->all_reduce_max_host(data, n); }
@@ -208,12 +209,28 @@ void NcclCommunicator::wait(void* stream) {
   }
 }
 
+// ncclCommAbort ends the operations in flight (their kernels stop waiting for peers), so the buffers they use
+// may be freed next; without it a cudaFree (which waits for the device) would wait for a peer that may never
+// come.
+void NcclCommunicator::abort() noexcept {
+  if (comm_ == nullptr) return;
+  ncclCommAbort(comm_);
+  comm_ = nullptr;
+}
+
 }  // namespace
 
 std::unique_ptr<Communicator> make_nccl_communicator(int cuda_device, double timeout_seconds) {
   return std::make_unique<NcclCommunicator>(cuda_device, timeout_seconds);
 }
 bool nccl_compiled() { return true; }
+std::string nccl_version() {
+  int v = 0;
+  if (ncclGetVersion(&v) != ncclSuccess) return "NCCL version unknown (ncclGetVersion failed)";
+  // NCCL_VERSION(X, Y, Z) = X * 10000 + Y * 100 + Z since 2.9 (X * 1000 + Y * 100 + Z before).
+  const int major = v >= 10000 ? v / 10000 : v / 1000, minor = v >= 10000 ? (v / 100) % 100 : (v / 100) % 10;
+  return "NCCL " + std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(v % 100);
+}
 
 #else  // !AIAYN_HAVE_NCCL
 
@@ -222,6 +239,7 @@ std::unique_ptr<Communicator> make_nccl_communicator(int, double) {
              "emulator's test build; use the mpi backend)");
 }
 bool nccl_compiled() { return false; }
+std::string nccl_version() { return "no NCCL in this build"; }
 
 #endif
 

@@ -67,6 +67,8 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a) {
                 "cross_entropy: target " + std::to_string(y) + " at row " + std::to_string(n) +
                     " is outside the vocabulary [0, " + std::to_string(a.V) + ")");
   }
+  AIAYN_CHECK(a.ld == 0 || a.ld >= a.V, "cross_entropy: row stride " + std::to_string(a.ld) + " < V = " + std::to_string(a.V));
+  const size_t ld = a.ld > 0 ? size_t(a.ld) : size_t(a.V);
   const double eps = a.smoothing;
   std::vector<double> row_loss(a.N, 0.0), row_nll(a.N, 0.0);
   std::vector<char> row_counted(a.N, 0), row_correct(a.N, 0);
@@ -75,8 +77,8 @@ CrossEntropyStats cross_entropy(const CrossEntropyArgs<T>& a) {
   std::vector<double> e(a.V);  // [V] per thread
 #pragma omp for
   for (int n = 0; n < a.N; ++n) {
-    const T* x = a.logits + size_t(n) * a.V;                        // [V]
-    T* dx = a.dlogits ? a.dlogits + size_t(n) * a.V : nullptr;      // [V]; may be x
+    const T* x = a.logits + size_t(n) * ld;                        // [V] of a row of ld
+    T* dx = a.dlogits ? a.dlogits + size_t(n) * ld : nullptr;      // [V]; may be x
     const int y = a.targets[n];
     if (y == a.pad_id) {
       if (dx)

@@ -18,6 +18,7 @@
 #if AIAYN_HAVE_CUDA
 namespace aiayn::kernels::cuda_runtime {  // defined in kernels/cuda/runtime.cu
 int device_count(std::string* why);
+std::string versions();
 void set_device(int index);
 void synchronize();
 void* alloc(size_t bytes);
@@ -43,6 +44,14 @@ int cuda_device_count(std::string* why) {
 #else
   if (why) *why = "this build has no CUDA backend";
   return 0;
+#endif
+}
+
+std::string cuda_versions() {
+#if AIAYN_HAVE_CUDA
+  return cuda_runtime::versions();
+#else
+  return "no CUDA backend in this build";
 #endif
 }
 

@@ -52,15 +52,15 @@ __device__ __forceinline__ void argmax_combine(float& v, int& i, float ov, int o
 // logits and dlogits may alias: no __restrict__.
 template <class T>
 __global__ void cross_entropy_row_kernel(const T* logits, T* dlogits, const int32_t* __restrict__ targets,
-                                         RowResult* __restrict__ rows, int V, int pad_id, float smoothing,
-                                         float grad_scale) {
+                                         RowResult* __restrict__ rows, int V, size_t ld, int pad_id,
+                                         float smoothing, float grad_scale) {
   __shared__ float s_val[32];
   __shared__ int s_idx[32];
   __shared__ double scratch[32];
   const int n = blockIdx.x;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const T* x = logits + size_t(n) * V;                       // [V]
-  T* dx = dlogits ? dlogits + size_t(n) * V : nullptr;       // [V], may be x
+  const T* x = logits + size_t(n) * ld;                      // [V] of a row of ld (padding untouched)
+  T* dx = dlogits ? dlogits + size_t(n) * ld : nullptr;      // [V], may be x
   const int y = targets[n];
   if (y == pad_id || y < 0 || y >= V) {
     if (dx)
@@ -153,7 +153,8 @@ __global__ void cross_entropy_total_kernel(const RowResult* __restrict__ rows, i
 
 template <class S>
 CrossEntropyStats cross_entropy_impl(const CrossEntropyArgs<S>& a, Stream s) {
-  AIAYN_CHECK(a.N >= 0 && a.V > 0, "cross_entropy: bad shape");
+  AIAYN_CHECK(a.N >= 0 && a.V > 0 && (a.ld == 0 || a.ld >= a.V), "cross_entropy: bad shape");
+  const size_t ld = a.ld > 0 ? size_t(a.ld) : size_t(a.V);
   CrossEntropyStats stats;
   if (a.N == 0) return stats;
   const cudaStream_t st = as_cuda(s);
@@ -162,7 +163,7 @@ CrossEntropyStats cross_entropy_impl(const CrossEntropyArgs<S>& a, Stream s) {
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), row_bytes + sizeof(Totals), st));
   RowResult* rows = reinterpret_cast<RowResult*>(scratch);
   Totals* totals = reinterpret_cast<Totals*>(scratch + row_bytes);
-  cuda_detail::launch("cross_entropy_row_kernel", cross_entropy_row_kernel<device_t<S>>, a.N, kRowThreads, 0, st, as_device(a.logits), as_device(a.dlogits), a.targets, rows, a.V, a.pad_id, a.smoothing, a.grad_scale);
+  cuda_detail::launch("cross_entropy_row_kernel", cross_entropy_row_kernel<device_t<S>>, a.N, kRowThreads, 0, st, as_device(a.logits), as_device(a.dlogits), a.targets, rows, a.V, ld, a.pad_id, a.smoothing, a.grad_scale);
   cuda_detail::launch("cross_entropy_total_kernel", cross_entropy_total_kernel, 1, kReduceThreads, 0, st, rows, a.N, totals);
   Totals host{};
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host, totals, sizeof(Totals), cudaMemcpyDeviceToHost, st));

@@ -1,5 +1,6 @@
 // Device discovery and memory for the CUDA backend (declared in kernels/cpu/device.cpp, namespace
 // cuda_runtime). Any CUDA error while counting devices means "no GPU": the answer is 0 with CUDA's reason.
+#include <cublasLt.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -25,6 +26,18 @@ int device_count(std::string* why) {
     return 0;
   }
   return count;
+}
+
+// "CUDA driver 13.0, runtime 13.0, cuBLASLt 13.1.0": what this process loaded (issue 15: every GPU log says it).
+std::string versions() {
+  int driver = 0, runtime = 0;
+  if (cudaDriverGetVersion(&driver) != cudaSuccess) driver = 0;
+  if (cudaRuntimeGetVersion(&runtime) != cudaSuccess) runtime = 0;
+  (void)cudaGetLastError();
+  const size_t lt = cublasLtGetVersion();
+  auto cuda = [](int v) { return v > 0 ? std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10) : std::string("none"); };
+  return "CUDA driver " + cuda(driver) + ", runtime " + cuda(runtime) + ", cuBLASLt " + std::to_string(lt / 10000) +
+         "." + std::to_string(lt / 100 % 100) + "." + std::to_string(lt % 100);
 }
 
 // Also keeps freed stream-ordered memory in the device's default pool: the ops take their scratch with

@@ -764,6 +764,45 @@ TEST(CudaOps, CrossEntropy) {
   }
 }
 
+// Issue 15: padded rows (stride ld > V, as the model lays out its logits): NaN in the padding, which the op must
+// neither read (results as the CPU's) nor write (still NaN after, in place or not).
+TEST(CudaOps, CrossEntropyPaddedRows) {
+  REQUIRE_GPU();
+  std::mt19937 rng(15);
+  const int N = 6, V = 37, ld = 48;
+  for (const bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "in place" : "separate dlogits");
+    std::vector<float> logits = random_floats(size_t(N) * ld, rng, -4.0f, 4.0f);
+    for (int n = 0; n < N; ++n)
+      for (int j = V; j < ld; ++j) logits[size_t(n) * ld + j] = std::nanf("");
+    std::vector<int32_t> targets(N);
+    for (int n = 0; n < N; ++n) targets[n] = 1 + int32_t(rng() % (V - 1));
+    targets[2] = 0;  // a pad row
+    std::vector<float> logits_cpu = logits, dl_cpu(logits.size(), std::nanf(""));
+    auto d_logits = upload(logits), d_dl = upload(std::vector<float>(logits.size(), std::nanf("")));
+    auto d_t = upload(targets);
+    K::CrossEntropyArgs<float> a;
+    a.N = N, a.V = V, a.ld = ld, a.pad_id = 0, a.smoothing = 0.1f, a.grad_scale = 0.37f;
+    a.logits = logits_cpu.data(), a.targets = targets.data(), a.dlogits = in_place ? logits_cpu.data() : dl_cpu.data();
+    const auto s_cpu = K::cpu::cross_entropy(a);
+    a.logits = d_logits.data(), a.targets = d_t.data(), a.dlogits = in_place ? d_logits.data() : d_dl.data();
+    const auto s_gpu = K::cuda::cross_entropy(a, nullptr);
+    ASSERT_TRUE(std::isfinite(s_gpu.loss));
+    EXPECT_TRUE(close_scalar("loss", s_gpu.loss, s_cpu.loss, 1e-5));
+    EXPECT_TRUE(close_scalar("nll", s_gpu.nll, s_cpu.nll, 1e-5));
+    EXPECT_EQ(s_gpu.tokens, s_cpu.tokens);
+    EXPECT_EQ(s_gpu.correct, s_cpu.correct);
+    const auto got = download(in_place ? d_logits : d_dl);
+    const auto& want = in_place ? logits_cpu : dl_cpu;
+    std::vector<float> got_v, want_v;
+    for (int n = 0; n < N; ++n) {
+      for (int j = 0; j < V; ++j) got_v.push_back(got[size_t(n) * ld + j]), want_v.push_back(want[size_t(n) * ld + j]);
+      for (int j = V; j < ld; ++j) ASSERT_TRUE(std::isnan(got[size_t(n) * ld + j])) << "padding written at " << n << "," << j;
+    }
+    EXPECT_TRUE(close("dlogits", got_v, want_v, 1e-5));
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 TEST(CudaOps, Optimizer) {
   REQUIRE_GPU();

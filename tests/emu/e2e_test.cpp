@@ -352,6 +352,57 @@ TEST_F(EmuEndToEnd, OneRankUnderMpiexecAllReducesByNccl) {
   EXPECT_NE(log.find("0 started during the backward pass"), std::string::npos) << log;
 }
 
+// Issue 15: AIAYN_TEST_FORCE_OVERLAP=1 keeps the two-GPU path on with one rank (the GPU check's nccl-1 stage;
+// with train.shards=1, as a rank of a two-rank job computes one share): every bucket starts from the backward
+// pass on the reducer's own stream and stays in flight while the pass goes on, and the steps are still those of
+// the plain process (local communicator, no NCCL), bit for bit.
+TEST_F(EmuEndToEnd, OneRankWithForcedOverlapTakesTheSideStreamPathBitForBit) {
+  const std::string plain = scratch_ / "plain", run = scratch_ / "nccl1_overlap";
+  const std::string sets = "--set device=cuda --set precision=bf16 --set train.max_steps=3 --set train.shards=1"
+                           " --set train.bucket_mb=0.01";
+  ASSERT_EQ(run_command(train(emu_exe(), plain, sets), scratch_ / "plain.log"), 0) << read_file(scratch_ / "plain.log");
+  ASSERT_EQ(run_command("env AIAYN_TEST_FORCE_OVERLAP=1 mpiexec --allow-run-as-root -np 1 " + train(emu_exe(), run, sets),
+                        scratch_ / "nccl1_overlap.log"),
+            0) << read_file(scratch_ / "nccl1_overlap.log");
+  EXPECT_EQ(values(run, "loss").size(), 3u);
+  EXPECT_EQ(values(run, "loss"), values(plain, "loss"));
+  const auto a = checkpoint_tensors(checkpoint(plain, 3), true), b = checkpoint_tensors(checkpoint(run, 3), true);
+  for (const auto& [name, x] : a) EXPECT_EQ(x, b.at(name)) << name;
+  expect_every_bucket_early(read_file(run + "/log/rank-0.log"), "1 rank(s), device cuda, gradients by nccl,");
+  const std::string out = read_file(scratch_ / "nccl1_overlap.log");
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(out, m, std::regex(R"(ncclComm of rank 0: (\d+) ncclAllReduce call\(s\), at most (\d+) in flight at once, (\d+) other)")))
+      << out;
+  std::printf("forced overlap, one rank: %s all-reduces, at most %s in flight, %s other operations meanwhile\n",
+              m[1].str().c_str(), m[2].str().c_str(), m[3].str().c_str());
+  EXPECT_GT(std::stoi(m[2]), 10) << "buckets should stay in flight together";
+  EXPECT_GT(std::stoi(m[3]), 10) << "the backward pass should go on while buckets are in flight";
+}
+
+// Issue 15: an error thrown on a rank while its gradient sums are in flight (AIAYN_TEST_FAIL_IN_BACKWARD: rank 0
+// fails in its first backward pass right after its first bucket started) whose peer never joins them
+// (AIAYN_EMU_NCCL_HANG: rank 1 stops inside its first all-reduce). The reducer aborts the NCCL communicator
+// before anything frees device memory, so rank 0 reports its own error and ends the job at once; without the
+// abort its first cudaFree waits for the sums in flight, i.e. for the hung peer, for ever (the deadline of
+// train.comm_timeout_s is not even reached: nothing polls it).
+TEST_F(EmuEndToEnd, AnErrorWithSumsInFlightAbortsNcclBeforeFreeing) {
+  const std::string run = scratch_ / "abort";
+  const auto t0 = std::chrono::steady_clock::now();
+  const int rc = run_command("env AIAYN_EMU_NCCL_HANG=1:1 AIAYN_TEST_FAIL_IN_BACKWARD=0:1 timeout -k 5 120 " +
+                                 launcher(2) + train(emu_exe(), run, "--set device=cuda --set precision=bf16"
+                                                     " --set train.max_steps=2 --set train.bucket_mb=0.01"
+                                                     " --set train.comm_timeout_s=600"),
+                             scratch_ / "abort.log");
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const std::string out = read_file(scratch_ / "abort.log");
+  std::printf("error with sums in flight: exit status %d after %.1f s\n", rc, seconds);
+  EXPECT_NE(rc, 0) << out;
+  EXPECT_NE(rc, 124) << "the job hung: " << out;
+  EXPECT_LT(seconds, 60.0) << out;
+  EXPECT_NE(out.find("aiayn: error: rank 0: step 1: test fault (AIAYN_TEST_FAIL_IN_BACKWARD): rank 0 fails in the "
+                     "backward pass with 1 gradient sum(s) in flight"), std::string::npos) << out;
+}
+
 // (e) eval and translate on the emulated GPU against the CPU, of a checkpoint that translates (the 20-step runs
 // above only emit EOS): the tiny preset trained on the CPU for 300 steps (~15 s). The teacher-forced loss to 1e-5
 // relative, the same token accuracy, and beam search (beam 4) choosing the same hypotheses, hence the same BLEU.
@@ -432,6 +483,15 @@ TEST_F(EmuEndToEnd, BenchRunsInBf16) {
   }
   EXPECT_GT(out["ms_per_step"].get<double>(), 0.0);
   EXPECT_GT(out["loss"].get<double>(), 0.0);
+  EXPECT_EQ(out["token_dist"], "uniform");
+  // Issue 15: Zipf-like token ids (BOS/EOS and 1/rank), as the GPU check's zipf rows draw them.
+  ASSERT_EQ(run_command(emu_exe() + " bench --config " + source_dir() + "/launch/configs/tiny.yaml --set device=cuda"
+                            " --set precision=bf16 --vocab 67 --sentences 3 --src-len 7 --tgt-len 9 --steps 1"
+                            " --warmup-steps 1 --token-dist zipf > " + json + " 2> " + log, log + ".sh"),
+            0) << read_file(log);
+  const auto zipf = nlohmann::json::parse(read_file(json));
+  EXPECT_EQ(zipf["token_dist"], "zipf");
+  EXPECT_TRUE(std::isfinite(zipf["loss"].get<double>()));
 }
 
 }  // namespace

@@ -10,6 +10,8 @@
 # libraries of the shell tools the check uses (bash, coreutils, awk, sed, grep, tar, gzip, xz, python3 with the
 # few compiled modules report.py and env.sh import, strace, mount); /etc/ld.so.cache is empty; /etc/openmpi and /usr/share/openmpi are empty; Debian's Open MPI
 # and PMIx plugin folders (under the multiarch folder) are gone. /usr/local/cuda stays (the device has CUDA).
+# /dev/shm is an empty read-only folder (the GPU machine need not have a writable /dev/shm): Open MPI must start
+# with its shared-memory backing files in /tmp (check.sh's mpirun options).
 # The audit (default command only) runs `aiayn prepare` and the bundled `mpirun -np 2 aiayn train` (CPU) under
 # `strace -f` and lists every shared library, plugin or Open MPI/PMIx file opened from outside the bundle, its
 # unpack cache, /usr/local/cuda and the kept multiarch folder: there should be none.
@@ -27,7 +29,8 @@ mkdir -p "$sbx/lib" "$sbx/empty"
 keep=(ld-linux-x86-64.so.2 libc.so.6 libm.so.6 libmvec.so.1 libpthread.so.0 libdl.so.2 librt.so.1 libresolv.so.2
       libutil.so.1 libanl.so.1 libstdc++.so.6 libgcc_s.so.1)
 tools=(bash sh env timeout date mktemp sed grep tr cut sort uniq head tail cat tar gzip xz cksum id dirname basename
-       ls mkdir rm mv cp chmod ln stat nproc uname find tee wc hostname sleep readlink touch nice awk strace mount)
+       ls mkdir rm mv cp chmod ln stat nproc uname find tee wc hostname sleep readlink touch nice awk strace mount comm nl
+       xargs kill)
 pyexe=$(python3 -c 'import sys; print(sys.executable)' 2>/dev/null || true)
 files=()
 for t in "${tools[@]}"; do p=$(command -v "$t" || true); [[ -n $p && -f $p ]] && files+=("$(readlink -f "$p")"); done
@@ -62,6 +65,8 @@ mount --make-rprivate /
 mount --bind "$SBX/lib" /usr/lib/x86_64-linux-gnu
 mount --bind "$SBX/ld.so.cache" /etc/ld.so.cache
 for d in /etc/openmpi /usr/share/openmpi /usr/share/pmix; do [[ -d $d ]] && mount --bind "$SBX/empty" "$d"; done
+if [[ -d /dev/shm ]]; then mount --bind "$SBX/empty" /dev/shm && mount -o remount,bind,ro /dev/shm; fi
+touch /dev/shm/probe 2>/dev/null && { echo "sandbox: /dev/shm still writable" >&2; exit 3; }
 cd "$ROOT"
 ls /usr/lib/x86_64-linux-gnu/openmpi /usr/lib/x86_64-linux-gnu/pmix2 >/dev/null 2>&1 && { echo "sandbox: Open MPI still visible" >&2; exit 3; }
 rc=0
@@ -71,8 +76,9 @@ if [[ $AUDIT == 1 ]]; then
   source tests/gpu/env.sh 2>/dev/null
   d=$SBX/audit; mkdir -p "$d"
   strace -f -qq -e trace=openat,open,execve -o "$d/prepare.trace" "$AIAYN_BUNDLE_BIN/aiayn" prepare --synthetic --pairs 2000 --out "$d/data" >/dev/null 2>&1 || echo "sandbox: audit prepare failed" >&2
-  strace -f -qq -e trace=openat,open,execve -o "$d/train.trace" env AIAYN_GRADIENT_COMM=mpi "$AIAYN_BUNDLE/bin/mpirun" --oversubscribe --allow-run-as-root \
-    --bind-to none --mca btl self,vader --mca btl_vader_single_copy_mechanism none -x LD_LIBRARY_PATH -x AIAYN_GRADIENT_COMM \
+  strace -f -qq -e trace=openat,open,execve -o "$d/train.trace" env PMIX_MCA_gds=hash AIAYN_GRADIENT_COMM=mpi "$AIAYN_BUNDLE/bin/mpirun" --oversubscribe --allow-run-as-root \
+    --bind-to none --mca btl self,vader,tcp --mca btl_vader_backing_directory "${TMPDIR:-/tmp}" --mca btl_vader_single_copy_mechanism none \
+    --mca btl_tcp_if_include lo --mca oob_tcp_if_include lo -x LD_LIBRARY_PATH -x AIAYN_GRADIENT_COMM \
     -x OMP_WAIT_POLICY -x CUDA_VISIBLE_DEVICES -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM -np 2 \
     "$AIAYN_BUNDLE_BIN/aiayn" train --config launch/configs/tiny.yaml --data "$d/data" --run-dir "$d/run" --set device=cpu \
     --set train.max_steps=5 --set train.log_every=1 --set train.valid_every=0 --set checkpoint.every_steps=0 \

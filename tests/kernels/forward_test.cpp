@@ -355,6 +355,39 @@ TEST(CrossEntropy, UniformLogitsGiveLogV) {
   EXPECT_EQ(s.correct, 0);                          // first maximum is index 0, never a target here
 }
 
+// Issue 15: rows padded to a stride ld > V (the model's aligned logits). The padding holds NaN: it must be
+// neither read (the results equal those of the compact rows, bit for bit) nor written (still NaN after).
+TEST(CrossEntropy, PaddedRowsNeitherReadNorWriteThePadding) {
+  const int N = 5, V = 37, ld = 48;
+  std::vector<float> compact(size_t(N) * V), padded(size_t(N) * ld, std::nanf(""));
+  for (int n = 0; n < N; ++n)
+    for (int j = 0; j < V; ++j) compact[size_t(n) * V + j] = padded[size_t(n) * ld + j] = std::sin(0.7f * n + 0.31f * j) * 3;
+  const std::vector<int32_t> targets = {5, 0, 36, 12, 0};  // pad id 0: two pad rows
+  for (const bool in_place : {false, true}) {
+    std::vector<float> c = compact, p = padded;
+    std::vector<float> dc(c.size(), -1.0f), dp(p.size(), std::nanf(""));
+    CrossEntropyArgs<float> a;
+    a.targets = targets.data(), a.N = N, a.V = V, a.pad_id = 0, a.smoothing = 0.1f, a.grad_scale = 0.5f;
+    a.logits = c.data(), a.dlogits = in_place ? c.data() : dc.data();
+    const CrossEntropyStats sc = cpu::cross_entropy(a);
+    a.logits = p.data(), a.dlogits = in_place ? p.data() : dp.data(), a.ld = ld;
+    const CrossEntropyStats sp = cpu::cross_entropy(a);
+    EXPECT_EQ(sp.loss, sc.loss);
+    EXPECT_EQ(sp.nll, sc.nll);
+    EXPECT_EQ(sp.tokens, sc.tokens);
+    EXPECT_EQ(sp.correct, sc.correct);
+    const std::vector<float>& gc = in_place ? c : dc;
+    const std::vector<float>& gp = in_place ? p : dp;
+    for (int n = 0; n < N; ++n) {
+      for (int j = 0; j < V; ++j) ASSERT_EQ(gp[size_t(n) * ld + j], gc[size_t(n) * V + j]) << n << "," << j;
+      for (int j = V; j < ld; ++j) ASSERT_TRUE(std::isnan(gp[size_t(n) * ld + j])) << "padding written at " << n << "," << j;
+    }
+  }
+  CrossEntropyArgs<float> bad;
+  bad.logits = padded.data(), bad.targets = targets.data(), bad.N = N, bad.V = V, bad.ld = V - 1;
+  EXPECT_THROW(cpu::cross_entropy(bad), aiayn::Error);
+}
+
 // The CPU op takes its exp from a polynomial (cpu/cross_entropy.cpp), not libm: checked here against libm's exp
 // and log in double, over logits spread wide enough (-40 .. 40) that the range reduction runs through many
 // powers of two and some terms underflow against the maximum. A few ulp per exp, summed over V terms: 1e-12.

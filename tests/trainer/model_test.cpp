@@ -1,6 +1,7 @@
 // The whole model's gradient against finite differences in double, and an overfitting check in float.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <set>
 #include <string>
@@ -154,6 +155,38 @@ TEST(Model, SharedEmbeddingGetsAllThreeGradientTerms) {
   // Each row's gradient is far above the finite-difference tolerance (~1e-7): the check has the power to see
   // a missing term.
   for (int token : {src_only, dec_only, nowhere}) EXPECT_GT(norm(row(token)), 1e-4) << "token " << token;
+}
+
+// Issue 15: the logits rows lie padded to a multiple of vocab_align in the arena (V = 23 -> 32). The layout
+// changes no result: loss, every gradient and the log-probabilities equal those of the unpadded layout
+// (vocab_align = 1), also after a batch of another shape left other activations where the padding now lies.
+TEST(Model, PaddedLogitsRowsChangeNothing) {
+  const Batch other = random_batch(23, {{9, 7}, {3, 8}}, 9), batch = random_batch(23, {{5, 4}, {2, 6}, {7, 3}}, 5);
+  auto run = [&](int align, bool stale) {
+    ModelSpec spec = tiny_spec(false, 0.1);
+    spec.vocab_align = align;
+    Model<double> model(spec, kernels::Device::CPU);
+    model.initialize(8);
+    if (stale) {
+      model.zero_grads();
+      model.forward_backward(other, {true, 4, 1}, 0.5f);
+    }
+    model.zero_grads();
+    const auto st = model.forward_backward(batch, {true, 4, 2}, 0.25f);
+    std::vector<double> out(model.grads(), model.grads() + model.num_params());
+    out.push_back(st.loss);
+    out.push_back(st.nll);
+    out.push_back(double(st.correct));
+    const auto lp = model.forward_log_probs(batch);
+    out.insert(out.end(), lp.begin(), lp.end());
+    return out;
+  };
+  const auto plain = run(1, false), padded = run(16, true), padded_fresh = run(16, false);
+  ASSERT_EQ(padded.size(), plain.size());
+  size_t differ = 0;
+  for (size_t i = 0; i < plain.size(); ++i) differ += std::fabs(padded[i] - plain[i]) > 1e-12 * std::max(1.0, std::fabs(plain[i]));
+  EXPECT_EQ(differ, 0u) << "values of the padded layout that differ from the unpadded one";
+  EXPECT_EQ(padded, padded_fresh) << "what lay in the padding before changed a result";
 }
 
 TEST(Model, InitialisationIsDeterministicAndScaled) {

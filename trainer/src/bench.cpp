@@ -2,8 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <vector>
 
 #include "aiayn/error.hpp"
 #include "kernels/dropout_hash.hpp"
@@ -44,19 +46,40 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   const size_t n = model.num_params();
   k::DeviceArray<float> m(device, n), v(device, n);
 
-  // Batches of exactly B x S and B x T real tokens (ids in [4, V), as the PyTorch baseline draws them).
+  // Batches of exactly B x S and B x T real tokens: ids uniform in [4, V) (as the PyTorch baseline draws
+  // them), or Zipf-like with BOS/EOS (--token-dist zipf): the inverse of the cumulative 1/rank weights.
+  AIAYN_CHECK(o.token_dist == "uniform" || o.token_dist == "zipf",
+              "bench: --token-dist must be uniform or zipf, got '" + o.token_dist + "'");
+  const bool zipf = o.token_dist == "zipf";
+  std::vector<double> cdf;
+  if (zipf) {
+    cdf.resize(static_cast<size_t>(o.vocab - 4));
+    double sum = 0;
+    for (size_t r = 0; r < cdf.size(); ++r) cdf[r] = sum += 1.0 / static_cast<double>(r + 1);
+    for (double& c : cdf) c /= sum;
+  }
+  constexpr int32_t kBos = 2, kEos = 3;  // the ids `aiayn prepare` gives them (ModelSpec's defaults)
   uint64_t counter = 0;
   auto next_batch = [&]() {
     Batch b;
     b.B = o.sentences, b.S = o.src_len, b.T = o.tgt_len;
-    auto draw = [&]() { return 4 + static_cast<int32_t>(k::mix64(++counter) % static_cast<uint64_t>(o.vocab - 4)); };
+    auto draw = [&]() {
+      const uint64_t bits = k::mix64(++counter);
+      if (!zipf) return 4 + static_cast<int32_t>(bits % static_cast<uint64_t>(o.vocab - 4));
+      const double u = static_cast<double>(bits >> 11) * 0x1.0p-53;
+      const size_t r = static_cast<size_t>(std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin());
+      return 4 + static_cast<int32_t>(std::min(r, cdf.size() - 1));
+    };
     b.src.resize(static_cast<size_t>(b.B) * b.S);
     for (auto& x : b.src) x = draw();
+    if (zipf)
+      for (int i = 0; i < b.B; ++i) b.src[static_cast<size_t>(i + 1) * b.S - 1] = kEos;
     b.tgt_in.resize(static_cast<size_t>(b.B) * b.T);
     b.tgt_out.resize(b.tgt_in.size());
     for (int i = 0; i < b.B; ++i) {
       std::vector<int32_t> y(b.T + 1);
       for (auto& x : y) x = draw();
+      if (zipf) y.front() = kBos, y.back() = kEos;
       for (int t = 0; t < b.T; ++t) {
         b.tgt_in[static_cast<size_t>(i) * b.T + t] = y[t];
         b.tgt_out[static_cast<size_t>(i) * b.T + t] = y[t + 1];
@@ -102,6 +125,7 @@ nlohmann::ordered_json run_bench(const BenchOptions& o) {
   out["sentences"] = o.sentences;
   out["src_len"] = o.src_len;
   out["tgt_len"] = o.tgt_len;
+  out["token_dist"] = o.token_dist;
   out["threads"] = threads;
   out["ms_per_step"] = round_to(dt * 1e3, 3);
   out["tgt_tok_s"] = round_to(o.sentences * o.tgt_len / dt, 1);

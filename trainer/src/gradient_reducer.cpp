@@ -4,6 +4,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <iterator>
 
 #include "aiayn/error.hpp"
@@ -24,9 +26,16 @@ GradientReducer::GradientReducer(comm::Communicator& comm, k::Device device, flo
     for (size_t i = 0; i < size_.size(); ++i) events_.push_back(k::event_create(device_));
     done_ = k::event_create(device_);
   }
+  if (const char* spec = std::getenv("AIAYN_TEST_FAIL_IN_BACKWARD")) {
+    int r = -1;
+    long long s = -1;
+    if (std::sscanf(spec, "%d:%lld", &r, &s) == 2 && r == comm_.rank()) fail_step_ = s;
+  }
 }
 
 GradientReducer::~GradientReducer() {
+  // Unwinding from an error with sums in flight: NCCL lets go of the buffers before anything frees them.
+  if (in_flight_) comm_.abort();
   for (k::Event e : events_) k::event_destroy(device_, e);
   k::event_destroy(device_, done_);
   k::stream_destroy(device_, stream_);
@@ -36,6 +45,7 @@ void GradientReducer::begin_step() {
   covered_.clear();
   started_early_ = 0;
   next_ = size_.size();
+  ++step_;
 }
 
 bool GradientReducer::complete(size_t b) const {
@@ -68,6 +78,9 @@ void GradientReducer::ready(size_t begin, size_t end) {
   while (next_ > 0 && complete(next_ - 1)) {
     start(--next_);
     ++started_early_;
+    if (step_ == fail_step_)
+      AIAYN_FAIL(fmt::format("test fault (AIAYN_TEST_FAIL_IN_BACKWARD): rank {} fails in the backward pass with {} "
+                             "gradient sum(s) in flight", comm_.rank(), started_early_));
   }
 }
 
@@ -81,6 +94,7 @@ void GradientReducer::start(size_t b) {
     // The bucket's producers are on the compute (default) stream: the all-reduce waits for them, nothing more.
     k::event_record(device_, events_[b], nullptr);
     k::stream_wait_event(device_, stream_, events_[b]);
+    in_flight_ = true;
     comm_.all_reduce_sum_async(data, count, stream_);
   } else if (host_staged_) {
     host_.resize(count);
@@ -96,6 +110,7 @@ void GradientReducer::finish() {
   while (next_ > 0) start(--next_);
   if (async_) {
     comm_.wait(stream_);
+    in_flight_ = false;
     k::event_record(device_, done_, stream_);
     k::stream_wait_event(device_, nullptr, done_);  // whatever the compute stream does next sees the sums
   }

@@ -64,6 +64,7 @@ struct Core final : Model<T>::Impl {
   const ModelSpec spec;
   const Device dev;
   const int D, H, Dh, F, V, L;
+  const int Vp;  // the logits' row stride: V rounded up to spec.vocab_align (ModelSpec)
   const bool pre;
   size_t emb = 0;
   Norm enc_final, dec_final;
@@ -91,7 +92,9 @@ struct Core final : Model<T>::Impl {
 
   Core(Model<T>& m, const ModelSpec& s, Device d)
       : owner(m), spec(s), dev(d), D(s.arch.d_model), H(s.arch.heads), Dh(s.arch.d_model / s.arch.heads),
-        F(s.arch.d_ff), V(s.vocab), L(s.arch.layers), pre(s.arch.pre_norm) {
+        F(s.arch.d_ff), V(s.vocab), L(s.arch.layers),
+        Vp((s.vocab + std::max(1, s.vocab_align) - 1) / std::max(1, s.vocab_align) * std::max(1, s.vocab_align)),
+        pre(s.arch.pre_norm) {
     const ParamTable& t = m.table();
     auto off = [&](const std::string& n) { return t.at(n).offset; };
     auto norm = [&](const std::string& p) { return Norm{off(p + "/weight"), off(p + "/bias")}; };
@@ -197,7 +200,7 @@ struct Core final : Model<T>::Impl {
         dec.push_back(a);
       }
       if (pre) dec_fin = sub(Nt);
-      logits = take(Nt * static_cast<size_t>(V));
+      logits = take(Nt * static_cast<size_t>(Vp));
       tmp = take(Nmax * D);
       if (backward) {
         d_stream = take(Nmax * D);
@@ -466,13 +469,13 @@ struct Core final : Model<T>::Impl {
       x = a.ffn.out;
     }
     if (pre) norm_fwd(x, dec_final, dec_fin.out, dec_fin.mean, dec_fin.rstd, N);
-    // logits[N, V] = out @ E^T (the shared embedding, no bias)
+    // logits[N, V] = out @ E^T (the shared embedding, no bias); rows of Vp (the padding is left alone)
     k::GemmArgs<A> g;
     g.trans_b = true;
     g.m = N, g.n = V, g.k = D;
     g.a = decoder_output(), g.lda = D;
     g.b = W(emb), g.ldb = D;
-    g.c = logits, g.ldc = V;
+    g.c = logits, g.ldc = Vp;
     k::gemm(dev, g);
   }
 
@@ -497,14 +500,14 @@ struct Core final : Model<T>::Impl {
     {
       k::GemmArgs<A> g;
       g.m = Nt, g.n = D, g.k = V;
-      g.a = logits, g.lda = V;
+      g.a = logits, g.lda = Vp;
       g.b = W(emb), g.ldb = D;
       g.c = d_stream, g.ldc = D;
       k::gemm(dev, g);
       k::GemmArgs<A, T> gw;
       gw.trans_a = true;
       gw.m = V, gw.n = D, gw.k = Nt;
-      gw.a = logits, gw.lda = V;
+      gw.a = logits, gw.lda = Vp;
       gw.b = decoder_output(), gw.ldb = D;
       gw.c = G(emb), gw.ldc = D;
       gw.beta = 1.0f;
@@ -585,7 +588,7 @@ struct Core final : Model<T>::Impl {
     c.logits = logits;
     c.dlogits = grad ? logits : nullptr;
     c.targets = tgt_out;
-    c.N = B * Tt, c.V = V;
+    c.N = B * Tt, c.V = V, c.ld = Vp;
     c.pad_id = spec.pad_id;
     c.smoothing = smoothing;
     c.grad_scale = grad_scale;
@@ -608,15 +611,18 @@ struct Core final : Model<T>::Impl {
   // Log-softmax on the host (decoding and tests only).
   std::vector<T> forward_log_probs(const Batch& batch) override {
     forward(batch, DropoutContext{}, /*backward=*/false);
-    const size_t n = static_cast<size_t>(batch.B) * batch.T * V;
-    std::vector<A> raw(n);
-    k::device_copy(Device::CPU, raw.data(), dev, logits, n * sizeof(A));
+    const size_t rows = static_cast<size_t>(batch.B) * batch.T, n = rows * V;
+    std::vector<A> raw(rows * Vp);
+    k::device_copy(Device::CPU, raw.data(), dev, logits, raw.size() * sizeof(A));
     std::vector<T> out(n);
-    for (size_t i = 0; i < n; ++i) {
-      if constexpr (std::is_same_v<A, T>) {
-        out[i] = raw[i];
-      } else {
-        out[i] = static_cast<T>(k::to_float(raw[i]));
+    for (size_t r = 0; r < rows; ++r) {  // the padding columns of each row are dropped, never read
+      for (int j = 0; j < V; ++j) {
+        const A x = raw[r * Vp + j];
+        if constexpr (std::is_same_v<A, T>) {
+          out[r * V + j] = x;
+        } else {
+          out[r * V + j] = static_cast<T>(k::to_float(x));
+        }
       }
     }
     for (size_t r = 0; r < n / V; ++r) {

@@ -26,7 +26,7 @@ kernels::Device choose_device(const std::string& setting, int local_rank, spdlog
     return kernels::Device::CPU;
   }
   kernels::cuda_set_device(local_rank % gpus);
-  log.info("using GPU {} of {}", local_rank % gpus, gpus);
+  log.info("using GPU {} of {}; {}; {}", local_rank % gpus, gpus, kernels::cuda_versions(), comm::nccl_version());
   if (gpu) *gpu = local_rank % gpus;
   return kernels::Device::CUDA;
 }

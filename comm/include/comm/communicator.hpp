@@ -39,6 +39,10 @@ class Communicator {
   // at once and wait is a no-op. Every rank must start the same sums in the same order.
   virtual void all_reduce_sum_async(float* data, size_t n, void* stream) { all_reduce_sum(data, n, stream); }
   virtual void wait(void* stream) { (void)stream; }
+  // Abandons whatever sums are still in flight, at once and without waiting for peers (NCCL: ncclCommAbort),
+  // so that device memory they read or write can be freed; the communicator is unusable afterwards. Called
+  // while an error unwinds past sums in flight (GradientReducer's destructor). Local and MPI: nothing to do.
+  virtual void abort() noexcept {}
   // Host-memory collectives on every backend.
   virtual void all_reduce_sum_host(double* data, size_t n) = 0;
   virtual void all_reduce_sum_host(int64_t* data, size_t n) = 0;
@@ -93,5 +97,7 @@ std::unique_ptr<Communicator> make_mpi_communicator();
 // (ncclCommGetAsyncError polling, then ncclCommAbort and an error naming the rank and call).
 std::unique_ptr<Communicator> make_nccl_communicator(int cuda_device, double timeout_seconds = 600.0);
 bool nccl_compiled();
+// "NCCL 2.x.y" of the library this process loaded (ncclGetVersion), or why there is none.
+std::string nccl_version();
 
 }  // namespace aiayn::comm

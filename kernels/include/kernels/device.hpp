@@ -25,6 +25,10 @@ bool cuda_compiled();
 // `why` receives the reason when the answer is 0.
 int cuda_device_count(std::string* why = nullptr);
 
+// "CUDA driver X.Y, runtime X.Y, cuBLASLt X.Y.Z" of the libraries this process loaded (no GPU needed), or
+// "no CUDA backend in this build".
+std::string cuda_versions();
+
 // Selects the GPU for this process (local rank -> device) and synchronises it.
 void cuda_set_device(int index);
 void cuda_synchronize();

@@ -185,6 +185,8 @@ cublasStatus_t check_matrix(const char* name, const void* p, const Layout& l, ui
 
 using namespace aiayn::emu;
 
+size_t cublasLtGetVersion(void) { return CUBLAS_VER_MAJOR * 10000 + CUBLAS_VER_MINOR * 100 + CUBLAS_VER_PATCH; }
+
 cublasStatus_t cublasLtCreate(cublasLtHandle_t* lightHandle) {
   if (!lightHandle) return fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtCreate: null pointer");
   auto* h = new cublasLtContext{kHandleMagic};

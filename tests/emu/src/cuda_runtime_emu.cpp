@@ -401,6 +401,18 @@ const char* cudaGetErrorString(cudaError_t error) {
   return base_string(error);
 }
 
+// ---- versions: the toolkit's headers (the emulator stands in for driver and runtime alike) ----
+cudaError_t cudaDriverGetVersion(int* version) {
+  if (!version) return fail(cudaErrorInvalidValue, "cudaDriverGetVersion: null pointer");
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* version) {
+  if (!version) return fail(cudaErrorInvalidValue, "cudaRuntimeGetVersion: null pointer");
+  *version = CUDART_VERSION;
+  return cudaSuccess;
+}
+
 // ---- devices ----
 cudaError_t cudaGetDeviceCount(int* count) {
   if (!count) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount: null pointer");

@@ -347,6 +347,13 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
   return ncclSuccess;
 }
 
+// The version of the nccl.h it was built against (the emulated binaries report it as NCCL's own).
+ncclResult_t ncclGetVersion(int* version) {
+  if (!version) return fail(nullptr, ncclInvalidArgument, "ncclGetVersion: null pointer");
+  *version = NCCL_VERSION_CODE;
+  return ncclSuccess;
+}
+
 const char* ncclGetErrorString(ncclResult_t result) {
   switch (result) {
     case ncclSuccess: return "no error";

@@ -10,6 +10,13 @@
 // decoder layers, encoder layers, the embedding at offset 0 last), each once it and every bucket above it are
 // complete, so every rank starts the same sums in the same order even when one has nothing to report (an
 // empty share of a tiny batch). A range that overlaps one reported before is an error.
+//
+// Errors: when the reducer is destroyed with sums still in flight (an error unwinding out of the step between
+// the first start and finish()), it aborts the communicator first (Communicator::abort: ncclCommAbort), so
+// that the device memory those sums use is freed only after NCCL has let go of it and the failing rank exits
+// at once instead of waiting in a cudaFree for peers that may never join (issue 15).
+// Test-only: AIAYN_TEST_FAIL_IN_BACKWARD=RANK:STEP throws from ready() on that rank in the reducer's STEP-th
+// step (counted from 1 in this process) right after a bucket has started there: an error with sums in flight.
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -58,6 +65,9 @@ class GradientReducer {
   std::map<size_t, size_t> covered_;  // reported ranges, merged: begin -> end
   size_t next_ = 0;  // buckets [0, next_) have not started
   size_t started_early_ = 0;
+  bool in_flight_ = false;  // async sums started and not yet waited for by finish()
+  int64_t step_ = 0;        // begin_step() calls (the test fault's STEP)
+  int64_t fail_step_ = -1;  // AIAYN_TEST_FAIL_IN_BACKWARD's step for this rank, -1: none
   std::vector<float> host_;
 };
 

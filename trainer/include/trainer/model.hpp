@@ -33,6 +33,11 @@ struct ModelSpec {
   int vocab = 0;
   int pad_id = 0, bos_id = 2, eos_id = 3;
   bool bf16 = false;  // CUDA mixed precision: bf16 activations and weight copy, float32 master weights
+  // The logits rows [V] lie vocab_align-aligned in the activation arena (row stride V rounded up), so that the
+  // output projection's matrix products keep 16-byte-aligned leading dimensions whatever V is (SentencePiece
+  // can give 37,001: an odd stride pushes cuBLASLt off its tensor-core kernels). Layout only: the parameters,
+  // the checkpoints and every result are those of V; the padding columns are never written nor read.
+  int vocab_align = 16;
 };
 
 // What keys the dropout masks of one optimizer step; `train = false` turns all dropout off.

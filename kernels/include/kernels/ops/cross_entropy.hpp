@@ -8,7 +8,9 @@
 //   dlogits[n, j] = grad_scale * (softmax[j] - (1 - eps) * [j == y] - eps / V)
 // Pad rows contribute nothing and get dlogits = 0. Sums are accumulated in double and returned, with the
 // number of counted tokens and of rows whose argmax (first maximum) equals the target.
-// dlogits may alias logits (the gradient overwrites the logits in place); null skips the gradient.
+// dlogits may alias logits (the gradient overwrites the logits in place); null skips the gradient. Rows may be
+// padded (ld > V: the model pads its logits rows so that matrix products keep aligned leading dimensions);
+// the padding is neither read nor written.
 // In bf16 precision logits and dlogits are bf16 (the softmax is computed in float32 chunk by chunk; no
 // float32 copy of the [N, V] probabilities exists).
 #include <cstdint>
@@ -31,6 +33,7 @@ struct CrossEntropyArgs {
   T* dlogits = nullptr;           // [N, V] or null
   const int32_t* targets = nullptr;  // [N]
   int N = 0, V = 0;
+  int ld = 0;  // row stride of logits and dlogits in elements (>= V; 0: V); columns [V, ld) are never touched
   int pad_id = 0;
   float smoothing = 0.0f;
   float grad_scale = 1.0f;
