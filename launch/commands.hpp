@@ -19,5 +19,6 @@ void add_translate_command(CLI::App& app, Context& ctx);
 void add_average_command(CLI::App& app, Context& ctx);
 void add_bleu_command(CLI::App& app, Context& ctx);
 void add_bench_command(CLI::App& app, Context& ctx);
+void add_check_data_command(CLI::App& app, Context& ctx);
 
 }  // namespace aiayn::launch

@@ -26,6 +26,7 @@ int main(int argc, char** argv) {
   add_prepare_command(app, ctx);
   add_eval_command(app, ctx);
   add_translate_command(app, ctx);
+  add_check_data_command(app, ctx);
   // [/commands]
   try {
     app.parse(argc, argv);

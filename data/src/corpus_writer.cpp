@@ -5,8 +5,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
+
+#include <zlib.h>
 
 #include <fmt/format.h>
 
@@ -52,10 +55,14 @@ void write_string_attr(hid_t obj, const std::string& file, const char* name, con
 
 void write_side(hid_t file_id, const std::string& file, const char* side, const std::vector<int32_t>& tokens,
                 const std::vector<int64_t>& offsets, bool has_text, const std::string& text,
-                const std::vector<int64_t>& text_offsets) {
+                const std::vector<int64_t>& text_offsets, bool checksums) {
   Handle group(H5Gcreate2(file_id, side, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   AIAYN_CHECK(group.valid(), fmt::format("{}: cannot create group /{}", file, side));
   write_dataset(group.get(), file, "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, tokens.data(), tokens.size());
+  if (checksums) {
+    const std::vector<uint32_t> crc = token_block_crc32(tokens.data(), int64_t(tokens.size()));
+    write_dataset(group.get(), file, "tokens_crc32", H5T_STD_U32LE, H5T_NATIVE_UINT32, crc.data(), crc.size());
+  }
   write_dataset(group.get(), file, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, offsets.data(), offsets.size());
   if (has_text) {
     write_dataset(group.get(), file, "text", H5T_STD_U8LE, H5T_NATIVE_UINT8, text.data(), text.size());
@@ -72,6 +79,27 @@ void fsync_path(const std::string& path) {
 }
 
 }  // namespace
+
+uint32_t crc32_tokens(uint32_t crc, const int32_t* tokens, int64_t count) {
+  static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "token checksums assume a little-endian host");
+  const auto* bytes = reinterpret_cast<const Bytef*>(tokens);
+  uint64_t left = uint64_t(count) * 4;
+  uLong c = crc;
+  while (left > 0) {  // zlib takes uInt lengths
+    const uInt n = uInt(std::min<uint64_t>(left, uint64_t(1) << 30));
+    c = crc32(c, bytes, n);
+    bytes += n;
+    left -= n;
+  }
+  return uint32_t(c);
+}
+
+std::vector<uint32_t> token_block_crc32(const int32_t* tokens, int64_t count, int64_t block) {
+  std::vector<uint32_t> out;
+  for (int64_t first = 0; first < count; first += block)
+    out.push_back(crc32_tokens(0, tokens + first, std::min(block, count - first)));
+  return out;
+}
 
 void CorpusContent::add_pair(const std::vector<int32_t>& src, const std::vector<int32_t>& tgt,
                              const std::string& src_line, const std::string& tgt_line) {
@@ -100,8 +128,10 @@ void write_corpus_file(const std::string& path, const CorpusContent& c) {
                 fmt::format("{}: cannot set the file format version", tmp));
     Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
     AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
-    write_side(file.get(), tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets);
-    write_side(file.get(), tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets);
+    write_side(file.get(), tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets,
+               c.write_checksums);
+    write_side(file.get(), tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets,
+               c.write_checksums);
     const hid_t root = file.get();
     write_string_attr(root, tmp, "format", c.format);
     write_int_attr(root, tmp, "version", H5T_STD_I64LE, c.version);
@@ -112,6 +142,7 @@ void write_corpus_file(const std::string& path, const CorpusContent& c) {
     write_int_attr(root, tmp, "unk_id", H5T_STD_I32LE, c.unk_id);
     write_string_attr(root, tmp, "tokenizer_sha256", c.tokenizer_sha256);
     write_int_attr(root, tmp, "pairs", H5T_STD_I64LE, c.pairs);
+    if (c.write_checksums) write_int_attr(root, tmp, "checksum_block", H5T_STD_I64LE, kChecksumBlockTokens);
     AIAYN_CHECK(H5Fflush(root, H5F_SCOPE_GLOBAL) >= 0, fmt::format("{}: cannot flush", tmp));
     const hid_t id = file.release();  // closed here so that the close itself is checked
     AIAYN_CHECK(H5Fclose(id) >= 0, fmt::format("{}: cannot close", tmp));

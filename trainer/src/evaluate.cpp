@@ -138,6 +138,9 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
 
   data::CorpusReader corpus(opt.data);
   const data::CorpusInfo& info = corpus.info();
+  if (!info.has_checksum)
+    log->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
+              "detected; run `aiayn prepare` again to add them", opt.data);
   const std::string tok_sha = im.tokenizer->sha256();
   AIAYN_CHECK(info.tokenizer_sha256 == tok_sha,
               fmt::format("{}: tokenized with a different tokenizer (sha256 {}) than checkpoint {} carries ({})",
@@ -199,7 +202,7 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
     for (const auto& row : nlohmann::json::parse(part)) hyps.at(row[0].get<int64_t>()) = row[1].get<std::string>();
   const double decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const std::vector<std::string> refs = corpus.read_text("tgt", 0, info.pairs);
-  const BleuResult bleu = corpus_bleu(hyps, refs);
+  const BleuResult bleu = corpus_bleu(hyps, refs, parse_bleu_tokenize(opt.bleu_tokenize));
   out["bleu"] = bleu.score;
   out["signature"] = bleu.signature;
   out["beam"] = beam.beam;

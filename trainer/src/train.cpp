@@ -234,6 +234,15 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     if (cfg.train.valid_every > 0 && fs::exists(valid_path))
       valid_data = std::make_unique<data::CorpusReader>(valid_path.string());
   });
+  for (const data::CorpusReader* corpus : {train_data.get(), valid_data.get()}) {
+    if (!corpus) continue;
+    const data::CorpusInfo& ci = corpus->info();
+    log->info("{}: {} pairs, {} + {} tokens checked in {:.2f} s (ids, offsets, EOS{})", ci.path, ci.pairs,
+              ci.src_tokens, ci.tgt_tokens, ci.check_seconds, ci.has_checksum ? ", checksums" : "");
+    if (!ci.has_checksum)
+      log->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
+                "detected; run `aiayn prepare` again to add them", ci.path);
+  }
   const data::CorpusInfo& info = train_data->info();
   const auto& src_len = train_data->src_lengths();
   const auto& tgt_len = train_data->tgt_lengths();

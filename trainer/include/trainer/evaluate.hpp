@@ -51,6 +51,7 @@ std::vector<Hypothesis> decode_in_batches(IncrementalDecoder<float>& decoder,
 struct EvalOptions {
   std::string checkpoint, data;
   bool bleu = false;
+  std::string bleu_tokenize = "13a";  // sacreBLEU's --tokenize: 13a | intl | none
   int64_t beam = 0;        // 0: the checkpoint's eval.beam
   double lenpen = -1;      // < 0: the checkpoint's eval.lenpen
   int64_t max_len_b = -1;  // < 0: the checkpoint's eval.max_len_b
