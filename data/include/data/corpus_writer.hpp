@@ -8,6 +8,7 @@
 // reader catches damage that keeps ids in range and names the block it is in. Corpora written before these
 // existed lack the attribute; the reader then checks what it can (ids, offsets, EOS) and says so.
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -42,5 +43,36 @@ struct CorpusContent {
 };
 
 void write_corpus_file(const std::string& path, const CorpusContent& content);
+
+// The attributes of a corpus file other than the counts.
+struct CorpusAttributes {
+  int32_t vocab_size = 0, pad_id = 0, bos_id = 2, eos_id = 3, unk_id = 1;
+  std::string tokenizer_sha256;
+};
+
+// Writes a valid corpus file pair by pair in memory bounded by a block, whatever the corpus size: tokens and
+// raw text are appended to spool files beside PATH (PATH.<side>.<what>.spool; offsets stay in memory, 8 bytes
+// a pair a side), and finish() copies them block by block into contiguous datasets of the now known size,
+// with the token checksums, then renames PATH.tmp to PATH. Spool and temporary files are removed on success
+// and on failure (by the destructor when finish() was not reached).
+class CorpusStreamWriter {
+ public:
+  CorpusStreamWriter(std::string path, CorpusAttributes attributes, bool has_text);
+  ~CorpusStreamWriter();
+  CorpusStreamWriter(const CorpusStreamWriter&) = delete;
+  CorpusStreamWriter& operator=(const CorpusStreamWriter&) = delete;
+
+  // `src` and `tgt` must already end in EOS; the lines are stored when has_text.
+  void add_pair(const std::vector<int32_t>& src, const std::vector<int32_t>& tgt, const std::string& src_line = {},
+                const std::string& tgt_line = {});
+  int64_t pairs() const;
+  int64_t src_tokens() const;
+  int64_t tgt_tokens() const;
+  void finish();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
 
 }  // namespace aiayn::data
