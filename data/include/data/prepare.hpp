@@ -25,7 +25,7 @@ struct PrepareOptions {
   int vocab_size = 37000;            // the requested size; the corpus may support fewer pieces (reported)
   int max_len = 256;                 // tokens per side, EOS included (training pairs only)
   double max_ratio = 3.0;            // longer / shorter side in tokens, EOS excluded (training pairs only)
-  int64_t spm_sample = 4000000;  // the tokenizer trains on this many training sentences (both sides together),
+  int64_t spm_sample = 2000000;  // the tokenizer trains on this many training sentences (both sides together),
                                  // shuffled with a fixed seed; <= 0: all of them
   int num_threads = 0;           // encoding and tokenizer training threads; 0: every core
 };
