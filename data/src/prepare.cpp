@@ -377,10 +377,13 @@ PrepareReport prepare_corpus(const PrepareOptions& o) {
   PrepareReport report;
   report.requested_vocab_size = o.vocab_size;
   const auto tok_start = Clock::now();
-  const TokenizerSample sample = sample_training_lines(o);
-  report.tokenizer_sentences = int64_t(sample.lines.size());
-  report.training_sentences = sample.nonempty;
-  const std::string model = train_tokenizer(sample.lines, o);
+  std::string model;
+  {  // the sample is freed before encoding starts
+    const TokenizerSample sample = sample_training_lines(o);
+    report.tokenizer_sentences = int64_t(sample.lines.size());
+    report.training_sentences = sample.nonempty;
+    model = train_tokenizer(sample.lines, o);
+  }
   Tokenizer tok = Tokenizer::from_bytes(model);
   report.tokenizer_seconds = seconds_since(tok_start);
   report.vocab_size = tok.vocab_size();
