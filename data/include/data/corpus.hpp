@@ -5,8 +5,9 @@
 //   /src/offsets int64 [pairs + 1]             sentence i is tokens[offsets[i] : offsets[i+1]]
 //   /tgt/tokens, /tgt/offsets                  the same for the target side
 //   /src/text, /tgt/text uint8 + /src/text_offsets, /tgt/text_offsets int64   raw UTF-8 lines (held-out)
+//   /src/tokens_crc32, /tgt/tokens_crc32 uint32 [ceil(tokens / checksum_block)]  CRC-32 of each token block
 //   attributes: format="aiayn-corpus", version, vocab_size, pad_id, bos_id, eos_id, unk_id,
-//               tokenizer_sha256, pairs
+//               tokenizer_sha256, pairs, checksum_block (tokens per CRC block; absent in older files)
 //
 // The constructor opens the file read-only and validates it before any work: format, version, datasets, dtypes
 // and ranks, offsets from 0, strictly increasing, ending at the token count, equal pair counts, a non-empty
