@@ -195,6 +195,26 @@ TEST(Prepare, SameCorpusWhateverTheThreadsAndASampledTokenizer) {
   EXPECT_EQ(text[0], text[1]);
 }
 
+// Lines end at "\n" with an optional "\r" before it; a last line without a newline counts.
+TEST(Prepare, ReadsCrLfAndAFinalLineWithoutNewline) {
+  TempDir dir;
+  std::ofstream(dir / "a", std::ios::binary) << "one two\r\nthree four five\r\nsix";
+  std::ofstream(dir / "b", std::ios::binary) << "eins zwei\ndrei vier fuenf\nsechs\n";
+  PrepareOptions o;
+  o.train_src = dir / "a";
+  o.train_tgt = dir / "b";
+  o.valid_src = dir / "a";
+  o.valid_tgt = dir / "b";
+  o.out_dir = dir / "out";
+  o.vocab_size = 30;
+  const PrepareReport report = prepare_corpus(o);
+  ASSERT_EQ(report.splits.size(), 2u);
+  EXPECT_EQ(report.splits[0].read, 3);
+  CorpusReader valid(dir / "out/valid.h5");
+  EXPECT_EQ(valid.read_text("src", 0, 3), (std::vector<std::string>{"one two", "three four five", "six"}));
+  EXPECT_EQ(valid.read_text("tgt", 0, 3), (std::vector<std::string>{"eins zwei", "drei vier fuenf", "sechs"}));
+}
+
 TEST(Prepare, MisalignedAndMissingInputs) {
   TempDir dir;
   write_lines(dir / "a", {"one", "two", "three"});
