@@ -150,17 +150,23 @@ class LinesIterator : public sentencepiece::SentenceIterator {
 // The tokenizer's training sentences: the non-empty training lines of both sides, shuffled with a fixed seed,
 // the first `sample` of them (all when sample <= 0). Line j of side k gets the key mix64(seed ^ (2j + k)); the
 // `sample` smallest keys are kept in a bounded max-heap while the files stream past, so memory holds the sample
-// only. Also counts the training pairs and checks that the files are aligned.
+// only. The sample is handed over in file order (all source lines, then all target lines), so a corpus smaller
+// than the sample trains the tokenizer exactly as before sampling existed. Also counts the training pairs and
+// checks that the files are aligned.
 struct TokenizerSample {
-  std::vector<std::string> lines;  // in key order
+  std::vector<std::string> lines;  // source lines then target lines, each side in file order
   int64_t pairs = 0, nonempty = 0;
 };
 
 TokenizerSample sample_training_lines(const PrepareOptions& o) {
   constexpr uint64_t kSeed = 0x5eed5a3b1e5ULL;
   const size_t cap = o.spm_sample > 0 ? size_t(o.spm_sample) : std::numeric_limits<size_t>::max();
-  std::vector<std::pair<uint64_t, std::string>> heap;  // max-heap by key
-  const auto by_key = [](const auto& a, const auto& b) { return a.first < b.first; };
+  struct Sampled {
+    uint64_t key, order;  // order: side * 2^62 + line
+    std::string text;
+  };
+  std::vector<Sampled> heap;  // max-heap by key
+  const auto by_key = [](const Sampled& a, const Sampled& b) { return a.key < b.key; };
   TokenizerSample out;
   LineReader src(o.train_src), tgt(o.train_tgt);
   std::string line[2];
@@ -169,27 +175,29 @@ TokenizerSample sample_training_lines(const PrepareOptions& o) {
       if (line[side].empty()) continue;
       ++out.nonempty;
       const uint64_t key = kernels::mix64(kSeed ^ (2 * uint64_t(out.pairs) + uint64_t(side)));
+      const uint64_t order = (uint64_t(side) << 62) + uint64_t(out.pairs);
       if (heap.size() < cap) {
-        heap.emplace_back(key, std::move(line[side]));
+        heap.push_back({key, order, std::move(line[side])});
         std::push_heap(heap.begin(), heap.end(), by_key);
-      } else if (key < heap.front().first) {
+      } else if (key < heap.front().key) {
         std::pop_heap(heap.begin(), heap.end(), by_key);
-        heap.back() = {key, std::move(line[side])};
+        heap.back() = {key, order, std::move(line[side])};
         std::push_heap(heap.begin(), heap.end(), by_key);
       }
     }
     ++out.pairs;
   }
-  std::sort_heap(heap.begin(), heap.end(), by_key);
+  std::sort(heap.begin(), heap.end(), [](const Sampled& a, const Sampled& b) { return a.order < b.order; });
   out.lines.reserve(heap.size());
-  for (auto& [key, text] : heap) out.lines.push_back(std::move(text));
+  for (Sampled& sampled : heap) out.lines.push_back(std::move(sampled.text));
   return out;
 }
 
 // SentencePiece records num_threads in the model it writes (and so in its hash, which every corpus file
 // carries); the pieces do not depend on it. A fixed value keeps the model, and every file, the same whatever
-// --threads is; SentencePiece's BPE trainer does most of its work on one thread anyway.
-constexpr int kSpmTrainerThreads = 16;
+// --threads is; SentencePiece's BPE trainer does most of its work on one thread anyway. 2 is the value aiayn
+// always used, so a corpus smaller than the sample gets the very tokenizer (same sha256) it got before.
+constexpr int kSpmTrainerThreads = 2;
 
 std::string train_tokenizer(const std::vector<std::string>& lines, const PrepareOptions& o) {
   AIAYN_CHECK(!lines.empty(), fmt::format("{} / {}: the training text is empty", o.train_src, o.train_tgt));
