@@ -115,6 +115,17 @@ TEST_F(Wmt14Recipe, RunsEndToEndOnLocalFiles) {
   const auto result = nlohmann::json::parse(read_file(run + "/newstest2014.json"));
   EXPECT_TRUE(result.contains("bleu")) << result.dump();
   EXPECT_TRUE(fs::exists(run + "/run/averaged.h5"));
+  // eval --bleu takes sacreBLEU's other tokenizers.
+  for (const char* tok : {"intl", "none"}) {
+    const std::string out = tmp_ / "eval.json";
+    ASSERT_EQ(run_command(aiayn_exe() + " eval --checkpoint " + run + "/run/averaged.h5 --data " + run +
+                              "/data/test.h5 --bleu --tokenize " + tok + " >" + out,
+                          tmp_ / "eval.log"),
+              0)
+        << read_file(tmp_ / "eval.log");
+    const auto j = nlohmann::json::parse(read_file(out));
+    EXPECT_NE(j["signature"].get<std::string>().find(std::string("|tok:") + tok + "|"), std::string::npos) << j.dump();
+  }
   // Everything but training is skipped when run again; training resumes and has nothing left to do.
   const std::string again = tmp_ / "again.log";
   ASSERT_EQ(run_command(recipe(data, run), again), 0) << read_file(again);
