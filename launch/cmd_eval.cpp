@@ -1,4 +1,4 @@
-// aiayn eval --checkpoint FILE --data FILE.h5 [--bleu] [--beam K] [--lenpen A] [--max-len-b N]
+// aiayn eval --checkpoint FILE --data FILE.h5 [--bleu [--tokenize 13a|intl|none]] [--beam K] [--lenpen A] [--max-len-b N]
 //            [--device cpu|cuda|auto] [--batch-tokens N] [--sentences N]
 // One JSON object on stdout (rank 0), the human summary on stderr. Under mpirun the set is split across ranks.
 #include <cstdio>
@@ -18,6 +18,9 @@ void add_eval_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--checkpoint", opts->checkpoint, "checkpoint file (e.g. RUN/averaged.h5)")->required();
   cmd->add_option("--data", opts->data, "prepared corpus file (e.g. DATA/test.h5)")->required();
   cmd->add_flag("--bleu", opts->bleu, "also beam-search the sources and score BLEU against the raw references");
+  cmd->add_option("--tokenize", opts->bleu_tokenize, "BLEU tokenizer, as sacreBLEU's --tokenize: 13a | intl | none")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"13a", "intl", "none"}));
   CLI::Option* beam_opt = cmd->add_option("--beam", opts->beam, "beam size (1 = greedy; default: the checkpoint's eval.beam)");
   cmd->add_option("--lenpen", opts->lenpen, "length penalty alpha (default: the checkpoint's eval.lenpen)");
   cmd->add_option("--max-len-b", opts->max_len_b, "maximum output length = source length + N (default: eval.max_len_b)");

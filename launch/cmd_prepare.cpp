@@ -1,5 +1,5 @@
 // aiayn prepare --train-src F --train-tgt F [--valid-src F --valid-tgt F] [--test-src F --test-tgt F]
-//               [--vocab-size N] [--max-len N] [--max-ratio R] --out DIR
+//               [--vocab-size N] [--max-len N] [--max-ratio R] [--spm-sample N] [--threads N] --out DIR
 // aiayn prepare --synthetic [--pairs N] [--seed S] [--vocab-size N] --out DIR
 // A thin wrapper over data/prepare.hpp: the report goes to stderr, the output directory to stdout.
 #include <iostream>
@@ -62,6 +62,13 @@ void add_prepare_command(CLI::App& app, Context& ctx) {
   cmd->add_option("--max-ratio", o.max_ratio, "drop training pairs whose longer side exceeds R times the shorter")
       ->capture_default_str()
       ->check(CLI::Range(1.0, 1e9));
+  cmd->add_option("--spm-sample", o.spm_sample,
+                  "train SentencePiece on N training sentences (both sides), shuffled with a fixed seed; 0: all")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t(0), int64_t(1) << 40));
+  cmd->add_option("--threads", o.num_threads, "threads for SentencePiece training and encoding (0: every core)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
   cmd->add_option("--out", o.out_dir, "output directory: train.h5, valid.h5, test.h5, tokenizer.model")->required();
   cmd->add_flag("--synthetic", args->synthetic, "generate the synthetic language pair instead of reading text");
   cmd->add_option("--pairs", args->pairs, "synthetic training pairs (500 valid and 500 test come with them)")

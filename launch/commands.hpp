@@ -20,5 +20,6 @@ void add_average_command(CLI::App& app, Context& ctx);
 void add_bleu_command(CLI::App& app, Context& ctx);
 void add_bench_command(CLI::App& app, Context& ctx);
 void add_export_command(CLI::App& app, Context& ctx);
+void add_check_data_command(CLI::App& app, Context& ctx);
 
 }  // namespace aiayn::launch

@@ -52,6 +52,7 @@ int main(int argc, char** argv) {
   add_bleu_command(app, ctx);
   add_bench_command(app, ctx);
   add_export_command(app, ctx);
+  add_check_data_command(app, ctx);
   // [/commands]
   if (argc < 2) return command_list(app, nullptr);
   if (argv[1][0] != '-' && app.get_subcommands([&](const CLI::App* sub) { return sub->check_name(argv[1]); }).empty())

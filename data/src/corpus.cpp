@@ -1,10 +1,12 @@
-// The corpus reader. Everything but the token ids is validated in the constructor, in the order a reader
-// would look (attributes, then each dataset's presence, type and shape, then the offsets' values); the first
-// problem throws "FILE: OBJECT[index]: what is wrong". Token ids are checked on each read, which touches only
-// the token ranges of the requested pairs (one hyperslab read per run of neighbouring sentences).
+// The corpus reader. Everything is validated in the constructor, in the order a reader would look
+// (attributes, then each dataset's presence, type and shape, then the offsets' values, then every token block
+// by block: ids, EOS, CRC-32); the first problem throws "FILE: OBJECT[index]: what is wrong". Token ids are
+// checked again on each read, which touches only the token ranges of the requested pairs (one hyperslab read
+// per run of neighbouring sentences).
 #include "data/corpus.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <limits>
@@ -37,7 +39,8 @@ struct Dataset {
 struct CorpusReader::Impl {
   CorpusInfo info;
   Handle file;
-  Dataset tokens[2], offsets[2], text[2], text_offsets[2];
+  Dataset tokens[2], offsets[2], text[2], text_offsets[2], checksums[2];
+  int64_t checksum_block = 0;  // tokens per CRC-32 block; 0 when the file has no checksums
   std::vector<int64_t> offset_values[2];
   std::vector<int64_t> text_offset_values[2];
   std::vector<int32_t> lengths[2];
@@ -246,6 +249,23 @@ struct CorpusReader::Impl {
         lengths[s][size_t(i)] = int32_t(offset_values[s][size_t(i + 1)] - offset_values[s][size_t(i)]);
     }
 
+    info.src_tokens = tokens[0].size;
+    info.tgt_tokens = tokens[1].size;
+    if (H5Aexists(file.get(), "checksum_block") > 0) {
+      checksum_block = int_attr("checksum_block");
+      if (checksum_block <= 0 || checksum_block > (int64_t(1) << 30))
+        fail("attribute checksum_block", fmt::format("implausible block size {}", checksum_block));
+      for (int s = 0; s < 2; ++s) {
+        const std::string name = fmt::format("/{}/tokens_crc32", sides[s]);
+        checksums[s] = open_dataset(name, 4, IntKind::kUnsignedOrSigned);
+        const int64_t blocks = (tokens[s].size + checksum_block - 1) / checksum_block;
+        if (checksums[s].size != blocks)
+          fail(name, fmt::format("has {} entries, but {} tokens in blocks of {} need {}", checksums[s].size,
+                                 tokens[s].size, checksum_block, blocks));
+      }
+      info.has_checksum = true;
+    }
+
     const bool text_src = link_exists("/src/text"), text_tgt = link_exists("/tgt/text");
     if (text_src != text_tgt) fail(text_src ? "/tgt/text" : "/src/text", "missing dataset (the other side has text)");
     info.has_text = text_src;
@@ -263,10 +283,62 @@ struct CorpusReader::Impl {
       }
     }
   }
+
+  // Every token of one side, in blocks of checksum_block (or 2^20) tokens: ids in range, EOS at each sentence's
+  // end, and the block's CRC-32. Memory: one block.
+  void check_tokens(int s) const {
+    const std::string name = fmt::format("/{}/tokens", s == 0 ? "src" : "tgt");
+    const int64_t n = tokens[s].size;
+    const int64_t block = checksum_block > 0 ? checksum_block : int64_t(1) << 20;
+    std::vector<uint32_t> stored;
+    if (checksum_block > 0) {
+      stored.resize(size_t(checksums[s].size));
+      read_range(checksums[s], fmt::format("/{}/tokens_crc32", s == 0 ? "src" : "tgt"), H5T_NATIVE_UINT32, 0,
+                 checksums[s].size, stored.data());
+    }
+    const std::vector<int64_t>& off = offset_values[s];
+    const uint32_t vocab = uint32_t(info.vocab_size);
+    std::vector<int32_t> buffer(size_t(std::min(block, n)));
+    size_t sentence = 0;  // the next sentence whose last token is still to be checked
+    for (int64_t first = 0, b = 0; first < n; first += block, ++b) {
+      const int64_t count = std::min(block, n - first);
+      read_range(tokens[s], name, H5T_NATIVE_INT32, first, count, buffer.data());
+      bool bad = false;  // one branch-free pass; the index is looked for only when something is wrong
+      for (int64_t t = 0; t < count; ++t) bad |= uint32_t(buffer[size_t(t)]) >= vocab;
+      if (bad)
+        for (int64_t t = 0; t < count; ++t)
+          if (uint32_t(buffer[size_t(t)]) >= vocab) {
+            const int64_t at = first + t;
+            const int64_t pair = std::upper_bound(off.begin(), off.end(), at) - off.begin() - 1;
+            fail_at(name, at, fmt::format("token id {} outside [0, vocab_size = {}) (pair {})", buffer[size_t(t)],
+                                          info.vocab_size, pair));
+          }
+      for (; sentence + 1 < off.size() && off[sentence + 1] <= first + count; ++sentence) {
+        const int64_t last = off[sentence + 1] - 1;
+        if (buffer[size_t(last - first)] != info.eos_id)
+          fail_at(name, last, fmt::format("pair {} does not end in EOS ({})", sentence, info.eos_id));
+      }
+      if (checksum_block > 0) {
+        const uint32_t crc = crc32_tokens(0, buffer.data(), count);
+        if (crc != stored[size_t(b)])
+          fail_at(name, first,
+                  fmt::format("tokens [{}, {}) do not match their checksum (CRC-32 {:08x}, stored {:08x} in "
+                              "tokens_crc32[{}]): the file is damaged; prepare it again",
+                              first, first + count, crc, stored[size_t(b)], b));
+      }
+    }
+  }
 };
 
-CorpusReader::CorpusReader(const std::string& path) : impl_(std::make_unique<Impl>()) {
+CorpusReader::CorpusReader(const std::string& path, bool check_tokens) : impl_(std::make_unique<Impl>()) {
+  const auto start = std::chrono::steady_clock::now();
   impl_->open_and_validate(path);
+  if (check_tokens) {
+    impl_->check_tokens(0);
+    impl_->check_tokens(1);
+    impl_->info.tokens_checked = true;
+  }
+  impl_->info.check_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 CorpusReader::~CorpusReader() = default;
 

@@ -141,6 +141,80 @@ TEST(Prepare, Multi30kRoundTrip) {
   EXPECT_EQ(src_tokens, tr.src_tokens);
 }
 
+// The corpus does not depend on the number of encoding threads, the tokenizer trains on the fixed-seed
+// sample it is given, and nothing but the outputs is left behind (no spool or temporary files).
+TEST(Prepare, SameCorpusWhateverTheThreadsAndASampledTokenizer) {
+  const std::string m30k = aiayn::testing::shared_dir() + "/data/multi30k";
+  if (!std::filesystem::exists(m30k + "/train.en.gz"))
+    GTEST_SKIP() << "Multi30k not found under " << m30k << " (set AIAYN_SHARED_DIR to the shared/ folder)";
+  TempDir dir;
+  const auto en = gz_lines(m30k + "/train.en.gz", 3000), de = gz_lines(m30k + "/train.de.gz", 3000);
+  write_lines(dir / "train.en", en);
+  write_lines(dir / "train.de", de);
+  write_lines(dir / "valid.en", {en.begin(), en.begin() + 100});
+  write_lines(dir / "valid.de", {de.begin(), de.begin() + 100});
+  std::string model[2];
+  std::vector<std::string> fingerprints[2];
+  std::vector<std::vector<int32_t>> tokens[2];
+  std::vector<std::string> text[2];
+  for (int k = 0; k < 2; ++k) {
+    const int threads = k == 0 ? 1 : 3;
+    PrepareOptions o;
+    o.train_src = dir / "train.en";
+    o.train_tgt = dir / "train.de";
+    o.valid_src = dir / "valid.en";
+    o.valid_tgt = dir / "valid.de";
+    o.out_dir = dir / ("out" + std::to_string(threads));
+    o.vocab_size = 1000;
+    o.spm_sample = 2500;  // of 6000 sentences
+    o.num_threads = threads;
+    const PrepareReport report = prepare_corpus(o);
+    EXPECT_EQ(report.tokenizer_sentences, 2500);
+    EXPECT_EQ(report.training_sentences, 6000);
+    model[k] = slurp(o.out_dir + "/tokenizer.model");
+    std::set<std::string> names;
+    for (const auto& f : std::filesystem::directory_iterator(o.out_dir)) names.insert(f.path().filename().string());
+    EXPECT_EQ(names, (std::set<std::string>{"tokenizer.model", "train.h5", "valid.h5"}));
+    for (const char* split : {"train.h5", "valid.h5"}) {
+      CorpusReader r(o.out_dir + "/" + split);
+      EXPECT_TRUE(r.info().has_checksum);
+      fingerprints[k].push_back(r.fingerprint());
+      std::vector<int64_t> all;
+      for (int64_t i = 0; i < r.info().pairs; ++i) all.push_back(i);
+      for (const Pair& p : r.read_pairs(all)) {
+        tokens[k].push_back(p.src);
+        tokens[k].push_back(p.tgt);
+      }
+      if (r.info().has_text) text[k] = r.read_text("tgt", 0, r.info().pairs);
+    }
+    EXPECT_EQ(fingerprints[k].size(), 2u);
+  }
+  EXPECT_TRUE(model[0] == model[1]) << "the tokenizer differs between 1 and 3 threads";
+  EXPECT_EQ(fingerprints[0], fingerprints[1]);
+  EXPECT_TRUE(tokens[0] == tokens[1]) << "the tokens differ between 1 and 3 threads";
+  EXPECT_EQ(text[0], text[1]);
+}
+
+// Lines end at "\n" with an optional "\r" before it; a last line without a newline counts.
+TEST(Prepare, ReadsCrLfAndAFinalLineWithoutNewline) {
+  TempDir dir;
+  std::ofstream(dir / "a", std::ios::binary) << "one two\r\nthree four five\r\nsix";
+  std::ofstream(dir / "b", std::ios::binary) << "eins zwei\ndrei vier fuenf\nsechs\n";
+  PrepareOptions o;
+  o.train_src = dir / "a";
+  o.train_tgt = dir / "b";
+  o.valid_src = dir / "a";
+  o.valid_tgt = dir / "b";
+  o.out_dir = dir / "out";
+  o.vocab_size = 30;
+  const PrepareReport report = prepare_corpus(o);
+  ASSERT_EQ(report.splits.size(), 2u);
+  EXPECT_EQ(report.splits[0].read, 3);
+  CorpusReader valid(dir / "out/valid.h5");
+  EXPECT_EQ(valid.read_text("src", 0, 3), (std::vector<std::string>{"one two", "three four five", "six"}));
+  EXPECT_EQ(valid.read_text("tgt", 0, 3), (std::vector<std::string>{"eins zwei", "drei vier fuenf", "sechs"}));
+}
+
 TEST(Prepare, MisalignedAndMissingInputs) {
   TempDir dir;
   write_lines(dir / "a", {"one", "two", "three"});

@@ -22,18 +22,15 @@ namespace {
 // sacreBLEU's my_log: log, with log(0) floored to a very low number instead of -inf.
 double floored_log(double x) { return x == 0.0 ? -9999999999.0 : std::log(x); }
 
-// The 13a tokens of a line after sacreBLEU's preprocessing (rstrip, then tokenize).
-std::vector<std::string> preprocess(const std::string& line) {
-  const std::string tokenized = tokenize_13a(detail::rstrip_whitespace(line));
-  std::vector<std::string> tokens;
-  std::size_t start = 0;
-  while (start < tokenized.size()) {  // tokenize_13a separates tokens by exactly one space
-    std::size_t end = tokenized.find(' ', start);
-    if (end == std::string::npos) end = tokenized.size();
-    tokens.push_back(tokenized.substr(start, end - start));
-    start = end + 1;
+// The tokens of a line after sacreBLEU's preprocessing: rstrip, tokenize, str.split().
+std::vector<std::string> preprocess(const std::string& line, BleuTokenize tokenize) {
+  const std::string stripped = detail::rstrip_whitespace(line);
+  switch (tokenize) {
+    case BleuTokenize::k13a: return detail::split_whitespace(tokenize_13a(stripped));
+    case BleuTokenize::kIntl: return detail::split_whitespace(tokenize_intl(stripped));
+    case BleuTokenize::kNone: return detail::split_whitespace(stripped);
   }
-  return tokens;
+  return {};
 }
 
 // Counts of every n-gram of order 1..kBleuMaxOrder, keyed by its tokens joined with single spaces (tokens
@@ -76,9 +73,32 @@ BleuStats& BleuStats::operator+=(const BleuStats& other) {
   return *this;
 }
 
-BleuStats sentence_bleu_stats(const std::string& hyp, const std::string& ref) {
-  const std::vector<std::string> hyp_tokens = preprocess(hyp);
-  const std::vector<std::string> ref_tokens = preprocess(ref);
+BleuTokenize parse_bleu_tokenize(const std::string& name) {
+  if (name == "13a") return BleuTokenize::k13a;
+  if (name == "intl") return BleuTokenize::kIntl;
+  if (name == "none") return BleuTokenize::kNone;
+  AIAYN_FAIL("BLEU: --tokenize must be 13a, intl or none (got \"" + name + "\")");
+}
+
+const char* bleu_tokenize_name(BleuTokenize tokenize) {
+  switch (tokenize) {
+    case BleuTokenize::k13a: return "13a";
+    case BleuTokenize::kIntl: return "intl";
+    case BleuTokenize::kNone: return "none";
+  }
+  return "?";
+}
+
+std::string bleu_signature(BleuTokenize tokenize) {
+  std::string s = kBleuSignature;
+  const std::string from = "tok:13a";
+  s.replace(s.find(from), from.size(), std::string("tok:") + bleu_tokenize_name(tokenize));
+  return s;
+}
+
+BleuStats sentence_bleu_stats(const std::string& hyp, const std::string& ref, BleuTokenize tokenize) {
+  const std::vector<std::string> hyp_tokens = preprocess(hyp, tokenize);
+  const std::vector<std::string> ref_tokens = preprocess(ref, tokenize);
   const auto ref_counts = count_ngrams(ref_tokens);
   BleuStats stats;
   stats.sys_len = static_cast<int64_t>(hyp_tokens.size());
@@ -92,16 +112,18 @@ BleuStats sentence_bleu_stats(const std::string& hyp, const std::string& ref) {
   return stats;
 }
 
-BleuStats corpus_bleu_stats(const std::vector<std::string>& hyps, const std::vector<std::string>& refs) {
+BleuStats corpus_bleu_stats(const std::vector<std::string>& hyps, const std::vector<std::string>& refs,
+                            BleuTokenize tokenize) {
   AIAYN_CHECK(hyps.size() == refs.size(), "BLEU: the hypotheses have " + std::to_string(hyps.size()) +
                                               " lines but the references have " + std::to_string(refs.size()));
   BleuStats stats;
-  for (std::size_t i = 0; i < hyps.size(); ++i) stats += sentence_bleu_stats(hyps[i], refs[i]);
+  for (std::size_t i = 0; i < hyps.size(); ++i) stats += sentence_bleu_stats(hyps[i], refs[i], tokenize);
   return stats;
 }
 
-BleuResult bleu_from_stats(const BleuStats& stats) {
+BleuResult bleu_from_stats(const BleuStats& stats, BleuTokenize tokenize) {
   BleuResult r;
+  r.signature = bleu_signature(tokenize);
   r.counts = stats.counts;
   r.totals = stats.totals;
   r.sys_len = stats.sys_len;
@@ -138,9 +160,10 @@ BleuResult bleu_from_stats(const BleuStats& stats) {
   return r;
 }
 
-BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<std::string>& refs) {
+BleuResult corpus_bleu(const std::vector<std::string>& hyps, const std::vector<std::string>& refs,
+                       BleuTokenize tokenize) {
   AIAYN_CHECK(!hyps.empty() || !refs.empty(), "BLEU: there are no hypotheses and no references to score");
-  return bleu_from_stats(corpus_bleu_stats(hyps, refs));
+  return bleu_from_stats(corpus_bleu_stats(hyps, refs, tokenize), tokenize);
 }
 
 std::string BleuResult::summary_line() const {

@@ -141,7 +141,7 @@ LossEvaluation teacher_forced_loss(Model<float>& model, data::CorpusReader& corp
 
 BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& tokenizer, data::CorpusReader& corpus,
                                 int64_t sentences, const BeamOptions& beam, int64_t batch_tokens,
-                                comm::Communicator& comm) {
+                                comm::Communicator& comm, BleuTokenize tokenize) {
   const int rank = comm.rank(), world = comm.size();
   const data::CorpusInfo& info = corpus.info();
   AIAYN_CHECK(info.has_text, "the corpus has no raw reference text (/tgt/text) to score BLEU against");
@@ -164,7 +164,7 @@ BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& toke
   BleuEvaluation out;
   out.sentences = n;
   out.decode_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  out.bleu = corpus_bleu(hyps, corpus.read_text("tgt", 0, n));
+  out.bleu = corpus_bleu(hyps, corpus.read_text("tgt", 0, n), tokenize);
   return out;
 }
 
@@ -196,6 +196,9 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
 
   data::CorpusReader corpus(opt.data);
   const data::CorpusInfo& info = corpus.info();
+  if (!info.has_checksum)
+    log->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
+              "detected; run `aiayn prepare` again to add them", opt.data);
   const std::string tok_sha = im.tokenizer->sha256();
   AIAYN_CHECK(info.tokenizer_sha256 == tok_sha,
               fmt::format("{}: tokenized with a different tokenizer (sha256 {}) than checkpoint {} carries ({})",
@@ -224,7 +227,8 @@ nlohmann::ordered_json run_eval(const EvalOptions& opt, comm::Communicator& comm
   AIAYN_CHECK(info.has_text, fmt::format("{}: has no raw reference text (/tgt/text); BLEU needs a held-out split "
                                          "written by `aiayn prepare`", opt.data));
   AIAYN_CHECK(opt.sentences >= 0, fmt::format("--sentences must not be negative (got {})", opt.sentences));
-  const BleuEvaluation eval = decode_and_score(model, *im.tokenizer, corpus, opt.sentences, beam, opt.batch_tokens, comm);
+  const BleuEvaluation eval = decode_and_score(model, *im.tokenizer, corpus, opt.sentences, beam, opt.batch_tokens, comm,
+                                               parse_bleu_tokenize(opt.bleu_tokenize));
   const BleuResult& bleu = eval.bleu;
   const double decode_s = eval.decode_s;
   out["bleu"] = bleu.score;

@@ -21,6 +21,7 @@
 #include "checkpoints/checkpoint.hpp"
 #include "comm/communicator.hpp"
 #include "data/batch_planner.hpp"
+#include "data/prefetch.hpp"
 #include "data/corpus.hpp"
 #include "kernels/ops.hpp"
 #include "trainer/best_tracker.hpp"
@@ -267,6 +268,15 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     tokenizer_bytes = ss.str();
     validator = std::make_unique<Validator>(cfg, opt.data_dir, tokenizer_bytes);
   });
+  for (const data::CorpusReader* corpus : {static_cast<const data::CorpusReader*>(train_data.get()), validator->corpus()}) {
+    if (!corpus) continue;
+    const data::CorpusInfo& ci = corpus->info();
+    log->info("{}: {} pairs, {} + {} tokens checked in {:.2f} s (ids, offsets, EOS{})", ci.path, ci.pairs,
+              ci.src_tokens, ci.tgt_tokens, ci.check_seconds, ci.has_checksum ? ", checksums" : "");
+    if (!ci.has_checksum)
+      log->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
+                "detected; run `aiayn prepare` again to add them", ci.path);
+  }
   const data::CorpusInfo& info = train_data->info();
   const auto& src_len = train_data->src_lengths();
   const auto& tgt_len = train_data->tgt_lengths();
@@ -401,6 +411,18 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
                                    : fmt::format("best valid loss {:.4f} @ {}", best.best_score(), best.best_step());
   };
 
+  // This rank's micro-batches of a global batch, shard by shard (per_shard: how many each shard has).
+  const auto rank_share = [&](const data::GlobalBatch& g, std::vector<size_t>* per_shard) {
+    data::BatchPrefetcher::Lists lists;
+    for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
+      auto mbs = data::split_for_rank(g, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank);
+      if (per_shard) per_shard->push_back(mbs.size());
+      for (auto& mb : mbs) lists.push_back(std::move(mb));
+    }
+    return lists;
+  };
+  data::BatchPrefetcher prefetcher(*train_data);
+
   while (true) {
     // ---- stop conditions that need no agreement (same on every rank) ----
     if (cfg.train.max_steps > 0 && state.step >= cfg.train.max_steps) break;
@@ -425,19 +447,29 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     try {
       reducer.begin_step();
       poison_this_step = inject_nan_here(rank, this_step), poisoned = false;
+      // This rank's share of the batch (read while the previous step computed, see BatchPrefetcher); then the
+      // next batch's share starts reading while this one computes.
+      std::vector<size_t> per_shard;
+      const data::BatchPrefetcher::Lists lists = rank_share(gb, &per_shard);
+      std::vector<std::vector<data::Pair>> pairs = prefetcher.take({state.epoch, state.batch_in_epoch}, lists);
+      if (state.batch_in_epoch + 1 < static_cast<int64_t>(plan.size()))
+        prefetcher.start({state.epoch, state.batch_in_epoch + 1},
+                         rank_share(plan.batch(static_cast<size_t>(state.batch_in_epoch + 1)), nullptr));
       // This rank's shards, each computed on its own and combined pairwise (see ShardSums).
-      for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
+      for (int v = first_shard, list = 0; v < first_shard + shards_per_rank; ++v) {
         if (v > first_shard) model.zero_grads();
-        const auto mbs = data::split_for_rank(gb, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank);
-        for (size_t i = 0; i < mbs.size(); ++i) {
-          const Batch b = make_batch(train_data->read_pairs(mbs[i]), mbs[i], info.pad_id, info.bos_id);
-          const bool last = i + 1 == mbs.size();
+        const size_t n_micro = per_shard[static_cast<size_t>(v - first_shard)];
+        for (size_t i = 0; i < n_micro; ++i, ++list) {
+          const Batch b = make_batch(std::move(pairs[static_cast<size_t>(list)]), lists[static_cast<size_t>(list)],
+                                     info.pad_id, info.bos_id);
+          const bool last = i + 1 == n_micro;
           const auto st = model.forward_backward(b, dropout, grad_scale, overlap && last ? &on_grads_ready : nullptr);
           local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
         }
         if (shards_per_rank > 1) shard_sums.push(model.grads());
       }
       if (shards_per_rank > 1) shard_sums.finish(model.grads());
+      prefetcher.wait();  // no HDF5 call (validation, checkpoint) may run beside the read
       if (poison_this_step && !poisoned) poison_grads();
 
       // ---- all-reduce gradients (what the backward pass has not started yet), agree on statistics and faults ----
@@ -459,6 +491,10 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       flags[2] = time_up ? 1 : 0;
       comm.all_reduce_max_host(flags, 3);
     } catch (const Error& e) {
+      try {
+        prefetcher.wait();  // nothing may read HDF5 beside whatever handles this error
+      } catch (...) {
+      }
       throw Error(fmt::format("step {}: {}", this_step, e.what()));
     }
     ++state.batch_in_epoch;

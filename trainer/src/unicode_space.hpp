@@ -5,6 +5,7 @@
 // that steps one byte at a time cannot match inside another character.
 #include <cstddef>
 #include <string>
+#include <vector>
 
 namespace aiayn::trainer::detail {
 
@@ -37,6 +38,26 @@ inline std::string rstrip_whitespace(const std::string& s) {
   std::size_t end = s.size();
   while (std::size_t len = whitespace_before(s, end)) end -= len;
   return s.substr(0, end);
+}
+
+// Python's str.split() with no argument: the runs of non-whitespace characters.
+inline std::vector<std::string> split_whitespace(const std::string& s) {
+  std::vector<std::string> tokens;
+  std::size_t i = 0, start = 0;
+  bool in_token = false;
+  while (i < s.size()) {
+    if (const std::size_t len = whitespace_at(s, i)) {
+      if (in_token) tokens.push_back(s.substr(start, i - start));
+      in_token = false;
+      i += len;
+    } else {
+      if (!in_token) start = i;
+      in_token = true;
+      ++i;
+    }
+  }
+  if (in_token) tokens.push_back(s.substr(start));
+  return tokens;
 }
 
 }  // namespace aiayn::trainer::detail

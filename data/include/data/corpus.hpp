@@ -5,14 +5,19 @@
 //   /src/offsets int64 [pairs + 1]             sentence i is tokens[offsets[i] : offsets[i+1]]
 //   /tgt/tokens, /tgt/offsets                  the same for the target side
 //   /src/text, /tgt/text uint8 + /src/text_offsets, /tgt/text_offsets int64   raw UTF-8 lines (held-out)
+//   /src/tokens_crc32, /tgt/tokens_crc32 uint32 [ceil(tokens / checksum_block)]  CRC-32 of each token block
 //   attributes: format="aiayn-corpus", version, vocab_size, pad_id, bos_id, eos_id, unk_id,
-//               tokenizer_sha256, pairs
+//               tokenizer_sha256, pairs, checksum_block (tokens per CRC block; absent in older files)
 //
-// The constructor opens the file read-only and validates everything but the token ids (format, version,
-// datasets, dtypes and ranks, offsets from 0, strictly increasing, ending at the token count, equal pair
-// counts, a non-empty corpus); ids are validated on every read (in [0, vocab_size)). The first problem throws
+// The constructor opens the file read-only and validates it before any work: format, version, datasets, dtypes
+// and ranks, offsets from 0, strictly increasing, ending at the token count, equal pair counts, a non-empty
+// corpus, and then (check_tokens, the default) every token of both sides in blocks of bounded memory: each id
+// in [0, vocab_size), each sentence ending in EOS, and each block's CRC-32 against /src/tokens_crc32 and
+// /tgt/tokens_crc32 (see corpus_writer.hpp), so that damage keeping ids in range is caught too. Files written
+// before the checksums existed have no `checksum_block` attribute: everything else is checked and
+// info().has_checksum is false (callers warn). Ids are checked again on every read. The first problem throws
 // aiayn::Error "FILE: DATASET[index]: what is wrong". HDF5's own error printing is off.
-// Offsets are read once (the lengths for planning); tokens only for the pairs asked for (hyperslabs).
+// Offsets are read once (the lengths for planning); reads fetch only the pairs asked for (hyperslabs).
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -27,6 +32,10 @@ struct CorpusInfo {
   int64_t pairs = 0;
   std::string tokenizer_sha256;
   bool has_text = false;
+  bool has_checksum = false;   // the file carries token checksums (written by prepare since they exist)
+  bool tokens_checked = false; // every token was checked at open (ids, EOS, and checksums when present)
+  int64_t src_tokens = 0, tgt_tokens = 0;
+  double check_seconds = 0;    // time the checks at open took
 };
 
 struct Pair {
@@ -36,7 +45,7 @@ struct Pair {
 
 class CorpusReader {
  public:
-  explicit CorpusReader(const std::string& path);
+  explicit CorpusReader(const std::string& path, bool check_tokens = true);
   ~CorpusReader();
   CorpusReader(const CorpusReader&) = delete;
   CorpusReader& operator=(const CorpusReader&) = delete;

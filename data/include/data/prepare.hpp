@@ -1,7 +1,9 @@
 #pragma once
-// `aiayn prepare`: train one joint SentencePiece BPE model on the training source and target text, encode every
-// split (appending EOS), drop bad training pairs, and write DIR/{train,valid,test}.h5 plus DIR/tokenizer.model.
-// Held-out splits keep every pair and their raw lines. Every file goes to a temporary name first.
+// `aiayn prepare`: train one joint SentencePiece BPE model on a fixed-seed sample of the training source and
+// target text, encode every split (appending EOS), drop bad training pairs, and write DIR/{train,valid,test}.h5
+// plus DIR/tokenizer.model. Held-out splits keep every pair and their raw lines. Every file goes to a temporary
+// name first. The text streams: memory holds the tokenizer sample and a few blocks, not the corpus, and the
+// result does not depend on the number of threads.
 //
 // Training pairs are dropped when a side is empty, when a side has more than max_len tokens (EOS included),
 // or when the longer side has more than max_ratio times the tokens of the shorter one (EOS excluded).
@@ -23,8 +25,9 @@ struct PrepareOptions {
   int vocab_size = 37000;            // the requested size; the corpus may support fewer pieces (reported)
   int max_len = 256;                 // tokens per side, EOS included (training pairs only)
   double max_ratio = 3.0;            // longer / shorter side in tokens, EOS excluded (training pairs only)
-  int64_t max_tokenizer_sentences = 2000000;  // a deterministic sample of this many lines trains the tokenizer
-  int num_threads = 2;
+  int64_t spm_sample = 2000000;  // the tokenizer trains on this many training sentences (both sides together),
+                                 // shuffled with a fixed seed; <= 0: all of them
+  int num_threads = 0;           // encoding and tokenizer training threads; 0: every core
 };
 
 struct SplitReport {
@@ -41,6 +44,7 @@ struct PrepareReport {
   int requested_vocab_size = 0;
   int vocab_size = 0;  // pieces in the trained model
   std::string tokenizer_path, tokenizer_sha256;
+  int64_t tokenizer_sentences = 0, training_sentences = 0;  // the sample, and the non-empty training lines
   double tokenizer_seconds = 0, total_seconds = 0;
   std::vector<SplitReport> splits;
   std::string to_string() const;  // the human-readable report `aiayn prepare` prints

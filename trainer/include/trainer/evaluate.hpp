@@ -79,7 +79,7 @@ LossEvaluation teacher_forced_loss(Model<float>& model, data::CorpusReader& corp
 // result. `aiayn eval --bleu` and validation BLEU during training both call this, so they agree.
 BleuEvaluation decode_and_score(Model<float>& model, const data::Tokenizer& tokenizer, data::CorpusReader& corpus,
                                 int64_t sentences, const BeamOptions& beam, int64_t batch_tokens,
-                                comm::Communicator& comm);
+                                comm::Communicator& comm, BleuTokenize tokenize = BleuTokenize::k13a);
 
 // The beam options of a config's eval section, overridden where beam > 0, lenpen >= 0, max_len_b >= 0.
 BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t max_len_b);
@@ -87,6 +87,7 @@ BeamOptions resolve_beam(const Config& cfg, int64_t beam, double lenpen, int64_t
 struct EvalOptions {
   std::string checkpoint, data;
   bool bleu = false;
+  std::string bleu_tokenize = "13a";  // sacreBLEU's --tokenize: 13a | intl | none
   int64_t beam = 0;        // 0: the checkpoint's eval.beam
   double lenpen = -1;      // < 0: the checkpoint's eval.lenpen
   int64_t max_len_b = -1;  // < 0: the checkpoint's eval.max_len_b

@@ -33,6 +33,8 @@ class Validator {
 
   LossEvaluation loss(Model<float>& model, comm::Communicator& comm) const;
   int64_t loss_batch_tokens() const { return loss_batch_tokens_; }
+  // The validation set, or null when no validation is configured or DATA/valid.h5 is absent.
+  const data::CorpusReader* corpus() const { return valid_.get(); }
   BleuEvaluation bleu(Model<float>& model, comm::Communicator& comm) const;
 
  private:

@@ -1,0 +1,113 @@
+// --tokenize intl and none against sacreBLEU 2.6.0: the intl tokenizer line by line on Unicode text of many
+// scripts (tests/bleu/fixtures, made by make_fixtures.py there), and corpus BLEU with each of 13a, intl and
+// none on every fixture, in the library and through `aiayn bleu --tokenize`.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "aiayn/error.hpp"
+#include "bleu_fixtures.hpp"
+#include "trainer/bleu.hpp"
+
+namespace {
+
+using namespace aiayn::testing;
+using aiayn::trainer::BleuTokenize;
+using aiayn::trainer::split_lines;
+
+std::string own_fixtures() { return source_dir() + "/tests/bleu/fixtures"; }
+
+bool no_skip() {
+  const char* v = std::getenv("AIAYN_NO_SKIP");
+  return v && std::string(v) == "1";
+}
+
+// The fixture's hypothesis and reference files: "unicode" is ours, the others are the shared ones.
+std::string stem_of(const std::string& name) {
+  return name == "unicode" ? own_fixtures() + "/unicode" : bleu_fixture_dir() + "/" + name;
+}
+
+nlohmann::json expected() {
+  return nlohmann::json::parse(read_bytes(own_fixtures() + "/expected_tokenize.json"))["fixtures"];
+}
+
+TEST(BleuTokenize, IntlTokenizerMatchesSacrebleuLineByLine) {
+  std::vector<std::string> lines = split_lines(read_bytes(own_fixtures() + "/unicode.hyp"), false);
+  const auto refs = split_lines(read_bytes(own_fixtures() + "/unicode.ref"), false);
+  lines.insert(lines.end(), refs.begin(), refs.end());
+  const auto tokens = split_lines(read_bytes(own_fixtures() + "/intl_tokens.txt"), false);
+  ASSERT_EQ(lines.size(), tokens.size());
+  ASSERT_GT(lines.size(), 400u);
+  for (size_t i = 0; i < lines.size(); ++i)
+    EXPECT_EQ(aiayn::trainer::tokenize_intl(lines[i]), tokens[i]) << "line " << i << ": " << lines[i];
+}
+
+TEST(BleuTokenize, CorpusBleuMatchesSacrebleuForEachTokenizer) {
+  const bool shared = bleu_fixtures_present();
+  if (!shared && no_skip()) FAIL() << "no shared BLEU fixtures at " << bleu_fixture_dir();
+  int checked = 0;
+  const nlohmann::json all = expected();
+  for (auto it = all.begin(); it != all.end(); ++it) {
+    const std::string name = it.key();
+    const nlohmann::json& by_tok = it.value();
+    if (name != "unicode" && !shared) continue;
+    const auto hyps = split_lines(read_bytes(stem_of(name) + ".hyp"), true);
+    const auto refs = split_lines(read_bytes(stem_of(name) + ".ref"), false);
+    for (auto jt = by_tok.begin(); jt != by_tok.end(); ++jt) {
+      const std::string tok = jt.key();
+      const nlohmann::json& e = jt.value();
+      SCOPED_TRACE(name + " tokenize=" + tok);
+      const auto r = aiayn::trainer::corpus_bleu(hyps, refs, aiayn::trainer::parse_bleu_tokenize(tok));
+      for (int n = 0; n < 4; ++n) {
+        EXPECT_EQ(r.counts[n], e["counts"][n].get<int64_t>()) << "order " << n + 1;
+        EXPECT_EQ(r.totals[n], e["totals"][n].get<int64_t>()) << "order " << n + 1;
+      }
+      EXPECT_EQ(r.sys_len, e["sys_len"].get<int64_t>());
+      EXPECT_EQ(r.ref_len, e["ref_len"].get<int64_t>());
+      EXPECT_NEAR(r.score, e["score"].get<double>(), 1e-9);
+      EXPECT_NEAR(r.bp, e["bp"].get<double>(), 1e-9);
+      EXPECT_EQ(r.summary_line(), e["line"].get<std::string>());
+      EXPECT_EQ(r.signature, e["signature"].get<std::string>());
+      ++checked;
+    }
+  }
+  EXPECT_GE(checked, 3);
+  if (!shared) GTEST_SKIP() << "checked our own fixture only: no shared BLEU fixtures at " << bleu_fixture_dir();
+}
+
+TEST(BleuTokenize, UnknownTokenizerIsAnError) {
+  EXPECT_THROW(aiayn::trainer::parse_bleu_tokenize("char"), aiayn::Error);
+}
+
+TEST(BleuTokenize, CommandLineTakesTokenize) {
+  if (!std::filesystem::exists(aiayn_exe())) {
+    if (no_skip()) FAIL() << "no aiayn executable at " << aiayn_exe();
+    GTEST_SKIP() << "no aiayn executable at " << aiayn_exe() << " (set AIAYN_EXE)";
+  }
+  const nlohmann::json e = expected()["unicode"];
+  for (const char* tok : {"13a", "intl", "none"}) {
+    SCOPED_TRACE(tok);
+    TempDir tmp;
+    const std::string cmd = "'" + aiayn_exe() + "' bleu --tokenize " + tok + " --ref '" + stem_of("unicode") +
+                            ".ref' < '" + stem_of("unicode") + ".hyp' > '" + (tmp / "out") + "' 2> '" + (tmp / "err") + "'";
+    const int raw = std::system(cmd.c_str());
+    ASSERT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0) << read_bytes(tmp / "err");
+    const nlohmann::json got = nlohmann::json::parse(read_bytes(tmp / "out"));
+    EXPECT_EQ(got["counts"], e[tok]["counts"]);
+    EXPECT_EQ(got["totals"], e[tok]["totals"]);
+    EXPECT_EQ(got["signature"], e[tok]["signature"]);
+    EXPECT_NEAR(got["score"].get<double>(), e[tok]["score"].get<double>(), 1e-9);
+    EXPECT_EQ(read_bytes(tmp / "err"), e[tok]["line"].get<std::string>() + "\n");
+  }
+  TempDir tmp;
+  const std::string bad = "'" + aiayn_exe() + "' bleu --tokenize char --ref '" + stem_of("unicode") + ".ref' < '" +
+                          stem_of("unicode") + ".hyp' > /dev/null 2> '" + (tmp / "err") + "'";
+  const int raw = std::system(bad.c_str());
+  EXPECT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 2) << read_bytes(tmp / "err");
+}
+
+}  // namespace
