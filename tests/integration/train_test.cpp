@@ -435,19 +435,26 @@ TEST_F(Train, TimeLimitsAndAFailedPeriodicCheckpoint) {
 }
 
 // kill -9 of the whole job at random moments while it checkpoints every step; each time it resumes from
-// LATEST, and the finished run equals one that was never killed.
+// LATEST, and the finished run equals one that was never killed. The kills are timed by the run's progress
+// (1 to 3 more logged steps, then 0 to 60 ms into the next step or its checkpoint), not by the clock: on a fast
+// machine fixed delays landed after the run had finished, and the test proved nothing.
 TEST_F(Train, SurvivesKillNineAtRandomMoments) {
   const std::string full = tmp_ / "full", run = tmp_ / "killed";
-  const std::string common = "--set train.max_steps=25 --set checkpoint.every_steps=1 --set checkpoint.keep_last=3";
+  const std::string common = "--set train.max_steps=30 --set checkpoint.every_steps=1 --set checkpoint.keep_last=3";
   ASSERT_EQ(run_command(train(2, full, common), tmp_ / "full.log"), 0) << read_file(tmp_ / "full.log");
   bool started = false;
   int mid_run = 0;  // kills that landed while the job was running, after its first checkpoint and before its end
   for (int attempt = 0; attempt < 12; ++attempt) {
+    const size_t logged = fs::exists(run + "/metrics.jsonl") ? losses(run).size() : 0;
     const pid_t pid = spawn_command(train(2, run, common + (started ? " --resume" : "")), tmp_ / "killed.log");
-    std::this_thread::sleep_for(std::chrono::milliseconds(700 + 97 * ((attempt * 37) % 11)));
+    // The resumed run first drops the lines of the steps it will run again: count from the resume point on.
+    const size_t target = std::min<size_t>(29, logged + 1 + attempt % 3);
+    for (int i = 0; i < 1000 && (!fs::exists(run + "/metrics.jsonl") || losses(run).size() < target); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds((attempt * 37) % 61));
     kill_session(pid, SIGKILL);  // the whole job at once: mpiexec and both ranks
     const int status = wait_for(pid);
-    if (status == 128 + SIGKILL && fs::exists(run + "/checkpoints/LATEST") && latest(run) != run + "/checkpoints/step-00000025.h5")
+    if (status == 128 + SIGKILL && fs::exists(run + "/checkpoints/LATEST") && latest(run) != run + "/checkpoints/step-00000030.h5")
       ++mid_run;
     for (int i = 0; i < 50 && system(("pgrep -s " + std::to_string(pid) + " >/dev/null").c_str()) == 0; ++i)
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
