@@ -86,8 +86,9 @@ TEST(Gemm, AllTransposesBiasReluFloatAndDouble) {
         }
 }
 
-// Products of at least 2^20 multiply-adds are split into blocks of rows (m >= n) or of columns (m < n), one per
-// OpenMP thread (cpu/blas.cpp). Odd sizes and 3 threads give uneven, non-multiple-of-16 last blocks.
+// Products of at least 2^20 multiply-adds are split into blocks of rows (m >= n) or of columns (m < n) fixed by
+// the shape and handed to the OpenMP threads (cpu/blas.cpp). Odd sizes give uneven, non-multiple-of-16 last
+// blocks; 3 threads share them unevenly.
 TEST(Gemm, SplitOverThreadsByRowsAndByColumns) {
   const int saved = omp_get_max_threads();
   omp_set_num_threads(3);
