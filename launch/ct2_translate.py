@@ -26,7 +26,7 @@ def main():
                              "log p(Y) / ((5 + |Y| + 1) / 6)^alpha, |Y| + 1 counting EOS")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads")
     parser.add_argument("--compute-type", default="default", help="float32, int8, ... (default: as saved)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch (0: one batch)")
     parser.add_argument("--one-call", action="store_true",
                         help="one translate_batch call for all lines (CTranslate2 sorts and batches them itself), "
                              "limited to the longest source + EOS + max_len_b: faster, but a sentence may then run past "

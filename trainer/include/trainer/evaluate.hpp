@@ -107,8 +107,11 @@ struct TranslateOptions {
   double lenpen = -1;
   int64_t max_len_b = -1;
   std::string device = "auto";
-  int64_t batch_lines = 256;  // lines read before decoding them
-  int64_t batch_tokens = 16384;
+  // Lines read before they are decoded together, and the decoding batch in decoder positions (sentences x beam x
+  // (source length + max_len_b + 1)): large enough that a batch of 1000 short sentences is one batch. On 1000
+  // sentences of the export test's model, 2 threads, beam 4: 1.17 s against 1.40 s with 256 lines and 16384.
+  int64_t batch_lines = 1000;
+  int64_t batch_tokens = 65536;
   int64_t threads = 0;
 };
 
