@@ -397,6 +397,43 @@ TEST_F(Train, ResumesAtAnEpochBoundaryBitForBit) {
   for (const auto& [name, x] : a) ASSERT_EQ(x, b.at(name)) << name;
 }
 
+// train.clip_norm scales the whole gradient by clip_norm / gnorm before Adam when gnorm is larger (the logged
+// gnorm is the norm before clipping), and leaves it alone otherwise. After one step Adam's moments show it
+// exactly: m = (1 - beta1) g and v = (1 - beta2) g^2, so the clipped run's m is the unclipped one's times
+// s = clip_norm / gnorm and its v times s^2 (up to float rounding); a clip_norm above gnorm changes no bit.
+TEST_F(Train, ClipNormScalesTheGradientBeforeAdam) {
+  const std::string plain = tmp_ / "plain", loose = tmp_ / "loose", tight = tmp_ / "tight";
+  const std::string one_step = "--set train.max_steps=1 --set train.log_every=1";
+  ASSERT_EQ(run_command(train(1, plain, one_step), tmp_ / "p.log"), 0) << read_file(tmp_ / "p.log");
+  ASSERT_EQ(run_command(train(1, loose, one_step + " --set train.clip_norm=1e9"), tmp_ / "l.log"), 0) << read_file(tmp_ / "l.log");
+  const auto first = read_jsonl(plain + "/metrics.jsonl").front();
+  const double gnorm = first["gnorm"].get<double>();
+  ASSERT_GT(gnorm, 0.01);
+  const double clip = gnorm / 4;
+  ASSERT_EQ(run_command(train(1, tight, one_step + " --set train.clip_norm=" + std::to_string(clip)), tmp_ / "t.log"), 0)
+      << read_file(tmp_ / "t.log");
+  EXPECT_EQ(read_jsonl(tight + "/metrics.jsonl").front()["gnorm"].get<double>(), gnorm);  // logged before clipping
+  const auto a = checkpoint_tensors(latest(plain), true), b = checkpoint_tensors(latest(loose), true),
+             c = checkpoint_tensors(latest(tight), true);
+  for (const auto& [name, x] : a) ASSERT_EQ(x, b.at(name)) << name;
+  const double s = clip / gnorm;
+  size_t compared = 0;
+  for (const auto& [name, m] : a) {
+    const bool is_m = name.rfind("/optim/m/", 0) == 0, is_v = name.rfind("/optim/v/", 0) == 0;
+    if (!is_m && !is_v) continue;
+    const auto& clipped = c.at(name);
+    const double factor = is_m ? s : s * s;
+    for (size_t i = 0; i < m.size(); ++i) {
+      const double want = m[i] * factor;
+      ASSERT_NEAR(clipped[i], want, 1e-5 * std::fabs(want) + 1e-30) << name << "[" << i << "]";
+      ++compared;
+    }
+  }
+  EXPECT_GT(compared, 100000u);
+  // ... and the parameters moved differently.
+  EXPECT_NE(a.at("/model/embedding/weight"), c.at("/model/embedding/weight"));
+}
+
 // The stop and checkpoint conditions by time, and a periodic checkpoint that fails to write: the run says so
 // and goes on (the README's promise); nothing half-written is left, and the next checkpoint commits.
 TEST_F(Train, TimeLimitsAndAFailedPeriodicCheckpoint) {
