@@ -67,7 +67,7 @@ void run_check_data(const std::string& target) {
 
 void add_check_data_command(CLI::App& app, Context& ctx) {
   auto target = std::make_shared<std::string>();
-  CLI::App* cmd = app.add_subcommand("check-data", "run every check the corpus reader makes at open, and nothing else");
+  CLI::App* cmd = app.add_subcommand("check-data", "Run every check the corpus reader makes at open, and nothing else");
   cmd->add_option("DIR", *target, "a prepared directory (train.h5, valid.h5, test.h5, tokenizer.model) or one .h5 file")
       ->required();
   cmd->callback([target, &ctx] {

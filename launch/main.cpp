@@ -25,7 +25,7 @@ int command_list(const CLI::App& app, const char* typed) {
     std::fprintf(stderr, "aiayn: a command is required.\n\n");
   std::fprintf(stderr, "usage: aiayn <command> [options]    (aiayn <command> --help for its options)\n\ncommands:\n");
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
-    std::fprintf(stderr, "  %-10s %s\n", sub->get_name().c_str(), sub->get_description().c_str());
+    std::fprintf(stderr, "  %-11s %s\n", sub->get_name().c_str(), sub->get_description().c_str());
   return 2;
 }
 
