@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 
 #include <zlib.h>
 
@@ -100,6 +101,48 @@ void fsync_path(const std::string& path) {
   ::close(fd);
 }
 
+
+// Writes `path` through path.tmp: `fill` writes everything into a new file in the 1.8+ format (which checksums
+// its metadata: superblock, object headers, heaps, so a damaged header is refused by HDF5 itself; damaged
+// offsets and ids are the reader's to catch); then flush, close, fsync, rename and fsync of the directory, each
+// checked. A failure leaves `path` as it was.
+void write_atomically(const std::string& path, const std::function<void(hid_t file, const std::string& tmp)>& fill) {
+  h5::silence_errors();
+  const std::string tmp = path + ".tmp";
+  std::remove(tmp.c_str());
+  {
+    Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
+    AIAYN_CHECK(fapl.valid() && H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0,
+                fmt::format("{}: cannot set the file format version", tmp));
+    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
+    AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
+    fill(file.get(), tmp);
+    AIAYN_CHECK(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, fmt::format("{}: cannot flush", tmp));
+    const hid_t id = file.release();  // closed here so that the close itself is checked
+    AIAYN_CHECK(H5Fclose(id) >= 0, fmt::format("{}: cannot close", tmp));
+  }
+  fsync_path(tmp);
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  AIAYN_CHECK(!ec, fmt::format("{}: cannot rename to {}: {}", tmp, path, ec.message()));
+  const auto dir = std::filesystem::path(path).parent_path();
+  fsync_path(dir.empty() ? std::string(".") : dir.string());
+}
+
+// The root attributes every corpus file carries (checksum_block only where the token checksums were written).
+void write_root_attributes(hid_t root, const std::string& tmp, const std::string& format, int64_t version,
+                           const CorpusAttributes& a, int64_t pairs, bool checksums) {
+  write_string_attr(root, tmp, "format", format);
+  write_int_attr(root, tmp, "version", H5T_STD_I64LE, version);
+  write_int_attr(root, tmp, "vocab_size", H5T_STD_I32LE, a.vocab_size);
+  write_int_attr(root, tmp, "pad_id", H5T_STD_I32LE, a.pad_id);
+  write_int_attr(root, tmp, "bos_id", H5T_STD_I32LE, a.bos_id);
+  write_int_attr(root, tmp, "eos_id", H5T_STD_I32LE, a.eos_id);
+  write_int_attr(root, tmp, "unk_id", H5T_STD_I32LE, a.unk_id);
+  write_string_attr(root, tmp, "tokenizer_sha256", a.tokenizer_sha256);
+  write_int_attr(root, tmp, "pairs", H5T_STD_I64LE, pairs);
+  if (checksums) write_int_attr(root, tmp, "checksum_block", H5T_STD_I64LE, kChecksumBlockTokens);
+}
 }  // namespace
 
 uint32_t crc32_tokens(uint32_t crc, const int32_t* tokens, int64_t count) {
@@ -139,42 +182,16 @@ void CorpusContent::add_pair(const std::vector<int32_t>& src, const std::vector<
 }
 
 void write_corpus_file(const std::string& path, const CorpusContent& c) {
-  h5::silence_errors();
-  const std::string tmp = path + ".tmp";
-  std::remove(tmp.c_str());
-  {
-    // The 1.8+ file format checksums its metadata (superblock, object headers, heaps), so a damaged header is
-    // refused by HDF5 itself instead of being parsed; damaged offsets and ids are the reader's to catch.
-    Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
-    AIAYN_CHECK(fapl.valid() && H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0,
-                fmt::format("{}: cannot set the file format version", tmp));
-    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
-    AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
-    write_side(file.get(), tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets,
+  write_atomically(path, [&](hid_t file, const std::string& tmp) {
+    write_side(file, tmp, "src", c.src_tokens, c.src_offsets, c.has_text, c.src_text, c.src_text_offsets,
                c.write_checksums);
-    write_side(file.get(), tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets,
+    write_side(file, tmp, "tgt", c.tgt_tokens, c.tgt_offsets, c.has_text, c.tgt_text, c.tgt_text_offsets,
                c.write_checksums);
-    const hid_t root = file.get();
-    write_string_attr(root, tmp, "format", c.format);
-    write_int_attr(root, tmp, "version", H5T_STD_I64LE, c.version);
-    write_int_attr(root, tmp, "vocab_size", H5T_STD_I32LE, c.vocab_size);
-    write_int_attr(root, tmp, "pad_id", H5T_STD_I32LE, c.pad_id);
-    write_int_attr(root, tmp, "bos_id", H5T_STD_I32LE, c.bos_id);
-    write_int_attr(root, tmp, "eos_id", H5T_STD_I32LE, c.eos_id);
-    write_int_attr(root, tmp, "unk_id", H5T_STD_I32LE, c.unk_id);
-    write_string_attr(root, tmp, "tokenizer_sha256", c.tokenizer_sha256);
-    write_int_attr(root, tmp, "pairs", H5T_STD_I64LE, c.pairs);
-    if (c.write_checksums) write_int_attr(root, tmp, "checksum_block", H5T_STD_I64LE, kChecksumBlockTokens);
-    AIAYN_CHECK(H5Fflush(root, H5F_SCOPE_GLOBAL) >= 0, fmt::format("{}: cannot flush", tmp));
-    const hid_t id = file.release();  // closed here so that the close itself is checked
-    AIAYN_CHECK(H5Fclose(id) >= 0, fmt::format("{}: cannot close", tmp));
-  }
-  fsync_path(tmp);
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  AIAYN_CHECK(!ec, fmt::format("{}: cannot rename to {}: {}", tmp, path, ec.message()));
-  const auto dir = std::filesystem::path(path).parent_path();
-  fsync_path(dir.empty() ? std::string(".") : dir.string());
+    CorpusAttributes a;
+    a.vocab_size = c.vocab_size, a.pad_id = c.pad_id, a.bos_id = c.bos_id, a.eos_id = c.eos_id, a.unk_id = c.unk_id;
+    a.tokenizer_sha256 = c.tokenizer_sha256;
+    write_root_attributes(file, tmp, c.format, c.version, a, c.pairs, c.write_checksums);
+  });
 }
 
 // ---- the streaming writer ------------------------------------------------------------------------------------
@@ -294,18 +311,10 @@ int64_t CorpusStreamWriter::tgt_tokens() const { return impl_->offsets[1].back()
 void CorpusStreamWriter::finish() {
   Impl& m = *impl_;
   AIAYN_CHECK(!m.finished, fmt::format("{}: finish called twice", m.path));
-  h5::silence_errors();
-  const std::string tmp = m.path + ".tmp";
-  std::remove(tmp.c_str());
-  {
-    Handle fapl(H5Pcreate(H5P_FILE_ACCESS));
-    AIAYN_CHECK(fapl.valid() && H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_LATEST) >= 0,
-                fmt::format("{}: cannot set the file format version", tmp));
-    Handle file(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get()));
-    AIAYN_CHECK(file.valid(), fmt::format("{}: cannot create the file", tmp));
+  write_atomically(m.path, [&](hid_t file, const std::string& tmp) {
     const char* sides[2] = {"src", "tgt"};
     for (int s = 0; s < 2; ++s) {
-      Handle group(H5Gcreate2(file.get(), sides[s], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+      Handle group(H5Gcreate2(file, sides[s], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
       AIAYN_CHECK(group.valid(), fmt::format("{}: cannot create group /{}", tmp, sides[s]));
       m.copy_tokens(group.get(), tmp, s);
       write_dataset(group.get(), tmp, "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, m.offsets[s].data(),
@@ -318,29 +327,9 @@ void CorpusStreamWriter::finish() {
       m.tokens[s].remove();
       m.text[s].remove();
     }
-    const hid_t root = file.get();
-    const CorpusAttributes& a = m.attributes;
-    write_string_attr(root, tmp, "format", kCorpusFormat);
-    write_int_attr(root, tmp, "version", H5T_STD_I64LE, kCorpusVersion);
-    write_int_attr(root, tmp, "vocab_size", H5T_STD_I32LE, a.vocab_size);
-    write_int_attr(root, tmp, "pad_id", H5T_STD_I32LE, a.pad_id);
-    write_int_attr(root, tmp, "bos_id", H5T_STD_I32LE, a.bos_id);
-    write_int_attr(root, tmp, "eos_id", H5T_STD_I32LE, a.eos_id);
-    write_int_attr(root, tmp, "unk_id", H5T_STD_I32LE, a.unk_id);
-    write_string_attr(root, tmp, "tokenizer_sha256", a.tokenizer_sha256);
-    write_int_attr(root, tmp, "pairs", H5T_STD_I64LE, m.pairs);
-    write_int_attr(root, tmp, "checksum_block", H5T_STD_I64LE, kChecksumBlockTokens);
-    AIAYN_CHECK(H5Fflush(root, H5F_SCOPE_GLOBAL) >= 0, fmt::format("{}: cannot flush", tmp));
-    const hid_t id = file.release();
-    AIAYN_CHECK(H5Fclose(id) >= 0, fmt::format("{}: cannot close", tmp));
-  }
-  fsync_path(tmp);
-  std::error_code ec;
-  std::filesystem::rename(tmp, m.path, ec);
-  AIAYN_CHECK(!ec, fmt::format("{}: cannot rename to {}: {}", tmp, m.path, ec.message()));
+    write_root_attributes(file, tmp, kCorpusFormat, kCorpusVersion, m.attributes, m.pairs, true);
+  });
   m.finished = true;
-  const auto dir = std::filesystem::path(m.path).parent_path();
-  fsync_path(dir.empty() ? std::string(".") : dir.string());
 }
 
 }  // namespace aiayn::data

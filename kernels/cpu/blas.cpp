@@ -161,35 +161,44 @@ int block_length(int len) {
   return std::max(128, (per_block + 15) / 16 * 16);
 }
 
-// Runs `call(rows_or_columns_from, count)` over the blocks; a product too small to split, or one called inside a
-// parallel region (attention's per-head products), is one call on this thread.
-template <class Call>
-void for_each_block(int m, int n, int k, Call call) {
+// C = alpha op(A) op(B) + beta C in blocks of rows (m >= n) or of columns, each block one single-threaded call
+// of `fn` (a gemm taking 'N'/'T' like dnnl_sgemm, row-major) followed by its epilogue, blocks shared out over the
+// OpenMP threads. A product too small to split, or one called inside a parallel region (attention's per-head
+// products), is one call on this thread.
+template <class T, class Fn>
+void gemm_in_blocks(Fn fn, bool ta, bool tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+                    T beta, T* c, int ldc, const GemmEpilogue<T>& ep) {
   const bool by_rows = m >= n;
   const int len = by_rows ? m : n;
+  const auto one_block = [&](int lo, int cnt) {
+    if (by_rows) {  // rows lo.. of op(A) and C
+      const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
+      fn(ta ? 'T' : 'N', tb ? 'T' : 'N', cnt, n, k, alpha, a_blk, lda, b, ldb, beta, c + size_t(lo) * ldc, ldc);
+      if (ep.active()) apply_epilogue(ep, c, ldc, lo, lo + cnt, 0, n);
+    } else {  // columns lo.. of op(B) and C
+      const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
+      fn(ta ? 'T' : 'N', tb ? 'T' : 'N', m, cnt, k, alpha, a, lda, b_blk, ldb, beta, c + lo, ldc);
+      if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, lo, lo + cnt);
+    }
+  };
   if (omp_in_parallel() || double(m) * n * k < kSplitMacs) {
-    call(by_rows, 0, len);
+    one_block(0, len);
     return;
   }
   const int block = block_length(len);
   const int blocks = (len + block - 1) / block;
 #pragma omp parallel for schedule(static, 1)
-  for (int i = 0; i < blocks; ++i) call(by_rows, i * block, std::min(len, (i + 1) * block) - i * block);
+  for (int i = 0; i < blocks; ++i) one_block(i * block, std::min(len, (i + 1) * block) - i * block);
 }
 
-// One single-threaded product of rows [lo, lo + cnt) of C (by_rows) or of columns [lo, lo + cnt).
-template <class T, class Fn>
-void block_gemm(Fn fn, bool by_rows, int lo, int cnt, bool ta, bool tb, int m, int n, int k, T alpha, const T* a,
-                int lda, const T* b, int ldb, T beta, T* c, int ldc, const GemmEpilogue<T>& ep) {
-  if (by_rows) {  // rows lo.. of op(A) and C
-    const T* a_blk = ta ? a + lo : a + size_t(lo) * lda;
-    fn(ta ? 'T' : 'N', tb ? 'T' : 'N', cnt, n, k, alpha, a_blk, lda, b, ldb, beta, c + size_t(lo) * ldc, ldc);
-    if (ep.active()) apply_epilogue(ep, c, ldc, lo, lo + cnt, 0, n);
-  } else {  // columns lo.. of op(B) and C
-    const T* b_blk = tb ? b + size_t(lo) * ldb : b + lo;
-    fn(ta ? 'T' : 'N', tb ? 'T' : 'N', m, cnt, k, alpha, a, lda, b_blk, ldb, beta, c + lo, ldc);
-    if (ep.active()) apply_epilogue(ep, c, ldc, 0, m, lo, lo + cnt);
-  }
+// OpenBLAS's row-major cblas_sgemm or cblas_dgemm with the 'N'/'T' arguments of gemm_in_blocks.
+template <class T, class CblasFn>
+auto cblas(CblasFn fn) {
+  return [fn](char ta, char tb, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb, T beta, T* c,
+              int ldc) {
+    fn(kRowMajor, ta == 'T' ? kTrans : kNoTrans, tb == 'T' ? kTrans : kNoTrans, m, n, k, alpha, a, lda, b, ldb, beta, c,
+       ldc);
+  };
 }
 
 }  // namespace
@@ -229,19 +238,10 @@ void blas_gemm<float>(bool ta, bool tb, int m, int n, int k, float alpha, const 
       AIAYN_CHECK(status == 0, "dnnl_sgemm failed with status " + std::to_string(status) + " (m " + std::to_string(m_) +
                                    ", n " + std::to_string(n_) + ", k " + std::to_string(k_) + ")");
     };
-    for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
-      block_gemm<float>(dnnl, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
-    });
+    gemm_in_blocks<float>(dnnl, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
     return;
   }
-  const auto openblas = [&](char ta_, char tb_, int m_, int n_, int k_, float al, const float* a_, int lda_,
-                            const float* b_, int ldb_, float be, float* c_, int ldc_) {
-    lib.sgemm(kRowMajor, ta_ == 'T' ? kTrans : kNoTrans, tb_ == 'T' ? kTrans : kNoTrans, m_, n_, k_, al, a_, lda_, b_,
-              ldb_, be, c_, ldc_);
-  };
-  for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
-    block_gemm<float>(openblas, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
-  });
+  gemm_in_blocks<float>(cblas<float>(lib.sgemm), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
 }
 
 bool onednn_sgemm_available() { return blas().dnnl_sgemm != nullptr; }
@@ -250,15 +250,7 @@ void use_onednn_sgemm(bool on) { g_use_onednn.store(on, std::memory_order_relaxe
 template <>
 void blas_gemm<double>(bool ta, bool tb, int m, int n, int k, double alpha, const double* a, int lda,
                        const double* b, int ldb, double beta, double* c, int ldc, GemmEpilogue<double> ep) {
-  const Blas& lib = blas();
-  const auto openblas = [&](char ta_, char tb_, int m_, int n_, int k_, double al, const double* a_, int lda_,
-                            const double* b_, int ldb_, double be, double* c_, int ldc_) {
-    lib.dgemm(kRowMajor, ta_ == 'T' ? kTrans : kNoTrans, tb_ == 'T' ? kTrans : kNoTrans, m_, n_, k_, al, a_, lda_, b_,
-              ldb_, be, c_, ldc_);
-  };
-  for_each_block(m, n, k, [&](bool by_rows, int lo, int cnt) {
-    block_gemm<double>(openblas, by_rows, lo, cnt, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
-  });
+  gemm_in_blocks<double>(cblas<double>(blas().dgemm), ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, ep);
 }
 
 std::string blas_description() {

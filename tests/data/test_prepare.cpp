@@ -146,7 +146,7 @@ TEST(Prepare, Multi30kRoundTrip) {
 TEST(Prepare, SameCorpusWhateverTheThreadsAndASampledTokenizer) {
   const std::string m30k = aiayn::testing::shared_dir() + "/data/multi30k";
   if (!std::filesystem::exists(m30k + "/train.en.gz"))
-    GTEST_SKIP() << "Multi30k not found under " << m30k << " (set AIAYN_SHARED_DIR to the shared/ folder)";
+    AIAYN_SKIP_OR_FAIL("Multi30k not found under " + m30k + " (set AIAYN_SHARED_DIR to the shared/ folder)");
   TempDir dir;
   const auto en = gz_lines(m30k + "/train.en.gz", 3000), de = gz_lines(m30k + "/train.de.gz", 3000);
   write_lines(dir / "train.en", en);

@@ -5,6 +5,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -72,6 +73,20 @@ std::vector<nlohmann::json> read_jsonl(const std::string& path) {
   while (std::getline(in, line))
     if (!line.empty()) out.push_back(nlohmann::json::parse(line));
   return out;
+}
+
+std::vector<double> losses(const std::string& run) {
+  std::vector<double> out;
+  if (!std::filesystem::exists(run + "/metrics.jsonl")) return out;
+  for (const auto& j : read_jsonl(run + "/metrics.jsonl"))
+    if (j.contains("loss") && j["loss"].is_number()) out.push_back(j["loss"].get<double>());
+  return out;
+}
+
+std::string latest(const std::string& run) {
+  std::string name = read_file(run + "/checkpoints/LATEST");
+  while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
+  return run + "/checkpoints/" + name;
 }
 
 std::map<std::string, std::vector<float>> checkpoint_tensors(const std::string& path, bool with_optim) {

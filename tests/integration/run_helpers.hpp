@@ -19,6 +19,11 @@ void kill_session(pid_t sid, int sig);
 std::string read_file(const std::string& path);
 std::vector<nlohmann::json> read_jsonl(const std::string& path);
 
+// The training losses a run logged in RUN/metrics.jsonl, in order (skipped steps left out; none without the file).
+std::vector<double> losses(const std::string& run);
+// RUN/checkpoints/<the file LATEST names>.
+std::string latest(const std::string& run);
+
 // The tensors of a checkpoint, by dataset name ("/model/...", "/optim/m/...", "/optim/v/..."), as raw floats.
 std::map<std::string, std::vector<float>> checkpoint_tensors(const std::string& path, bool with_optim);
 

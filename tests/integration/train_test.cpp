@@ -40,17 +40,6 @@ class Train : public ::testing::Test {
            " --set train.log_every=1 --set train.valid_every=0 --set train.batch_tokens=600"
            " --set train.max_tokens_per_rank=600 --set checkpoint.every_minutes=0 --set train.threads=1 " + extra;
   }
-  static std::vector<double> losses(const std::string& run) {
-    std::vector<double> out;
-    for (const auto& j : read_jsonl(run + "/metrics.jsonl"))
-      if (j.contains("loss") && j["loss"].is_number()) out.push_back(j["loss"].get<double>());
-    return out;
-  }
-  static std::string latest(const std::string& run) {
-    std::string name = read_file(run + "/checkpoints/LATEST");
-    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
-    return run + "/checkpoints/" + name;
-  }
   // Starts the two-rank `cmd`, sends `sig` to it once three steps are logged, and checks that both ranks agreed on
   // a step, checkpointed it and exited with status 75.
   static void expect_two_ranks_stop_cleanly(const std::string& cmd, const std::string& run, int sig, const std::string& log) {

@@ -117,18 +117,6 @@ class MultiHost : public ::testing::Test {
            " ip netns exec " + host(1) + " unshare --uts /bin/sh -c 'hostname " + host(1) + " && exec " + mpirun + "'";
   }
 
-  static std::vector<double> losses(const std::string& run) {
-    std::vector<double> out;
-    if (!fs::exists(run + "/metrics.jsonl")) return out;
-    for (const auto& j : read_jsonl(run + "/metrics.jsonl"))
-      if (j.contains("loss") && j["loss"].is_number()) out.push_back(j["loss"].get<double>());
-    return out;
-  }
-  static std::string latest(const std::string& run) {
-    std::string name = read_file(run + "/checkpoints/LATEST");
-    while (!name.empty() && std::isspace(static_cast<unsigned char>(name.back()))) name.pop_back();
-    return run + "/checkpoints/" + name;
-  }
   // Starts `cmd` and waits until the run has logged `steps` steps.
   pid_t start_and_wait_for_steps(const std::string& cmd, const std::string& run, const std::string& log, size_t steps) {
     const pid_t pid = spawn_command(cmd, log);

@@ -47,6 +47,31 @@ ModelSpec tiny_spec(bool pre_norm, double dropout) {
   return s;
 }
 
+// The scaled loss of `batch` and its central difference in parameter i, in double: truncation O(h^2) ~ 1e-10
+// and rounding ~1e-16/h ~ 1e-11, so an analytic gradient must agree to 1e-7 + 1e-5 |fd| (fd_tolerance).
+struct FiniteDifferences {
+  Model<double>& model;
+  const Batch& batch;
+  DropoutContext dropout;
+  double scale;  // 1 / target tokens
+
+  double loss() {
+    model.zero_grads();
+    return model.forward_backward(batch, dropout, static_cast<float>(scale)).loss * scale;
+  }
+  double derivative(size_t i, double h = 1e-5) {
+    double& p = model.params()[i];
+    const double saved = p;
+    p = saved + h;
+    const double up = loss();
+    p = saved - h;
+    const double down = loss();
+    p = saved;
+    return (up - down) / (2 * h);
+  }
+};
+double fd_tolerance(double fd) { return 1e-7 + 1e-5 * std::fabs(fd); }
+
 struct GradCase {
   bool pre_norm;
   double dropout;
@@ -71,26 +96,13 @@ TEST_P(WholeModelGrad, MatchesFiniteDifferences) {
   model.forward_backward(batch, dc, static_cast<float>(scale));
   std::vector<double> analytic(model.grads(), model.grads() + model.num_params());
 
-  auto loss_at = [&]() {
-    model.zero_grads();
-    return model.forward_backward(batch, dc, static_cast<float>(scale)).loss * scale;
-  };
-  const double h = 1e-5;
+  FiniteDifferences fd{model, batch, dc, scale};
   int checked = 0;
   for (const auto& v : model.table().views()) {
     std::set<size_t> picks = {0, v.size - 1, v.size / 2, v.size / 3, (v.size * 7) / 9};
     for (size_t i : picks) {
-      double& p = model.params()[v.offset + i];
-      const double saved = p;
-      p = saved + h;
-      const double up = loss_at();
-      p = saved - h;
-      const double down = loss_at();
-      p = saved;
-      const double fd = (up - down) / (2 * h);
-      const double an = analytic[v.offset + i];
-      // Central differences in double: truncation O(h^2) ~ 1e-10 and rounding ~1e-16/h ~ 1e-11.
-      EXPECT_NEAR(an, fd, 1e-7 + 1e-5 * std::fabs(fd)) << v.name << "[" << i << "]";
+      const double d = fd.derivative(v.offset + i);
+      EXPECT_NEAR(analytic[v.offset + i], d, fd_tolerance(d)) << v.name << "[" << i << "]";
       ++checked;
     }
   }
@@ -125,10 +137,7 @@ TEST(Model, SharedEmbeddingGetsAllThreeGradientTerms) {
   const std::vector<double> analytic(model.grads(), model.grads() + model.num_params());
   const auto& emb = model.table().at("embedding/weight");
   const int D = spec.arch.d_model;
-  const auto loss_at = [&]() {
-    model.zero_grads();
-    return model.forward_backward(batch, {}, static_cast<float>(scale)).loss * scale;
-  };
+  FiniteDifferences fd{model, batch, {}, scale};
   const auto row = [&](int token) {
     return std::vector<double>(analytic.begin() + static_cast<long>(emb.offset + size_t(token) * D),
                                analytic.begin() + static_cast<long>(emb.offset + size_t(token + 1) * D));
@@ -140,16 +149,9 @@ TEST(Model, SharedEmbeddingGetsAllThreeGradientTerms) {
   };
   for (int token : {src_only, dec_only, nowhere}) {
     for (int c = 0; c < D; ++c) {
-      double& p = model.params()[emb.offset + size_t(token) * D + c];
-      const double saved = p, h = 1e-5;
-      p = saved + h;
-      const double up = loss_at();
-      p = saved - h;
-      const double down = loss_at();
-      p = saved;
-      const double fd = (up - down) / (2 * h);
-      ASSERT_NEAR(analytic[emb.offset + size_t(token) * D + c], fd, 1e-7 + 1e-5 * std::fabs(fd))
-          << "token " << token << " channel " << c;
+      const size_t i = emb.offset + size_t(token) * D + c;
+      const double d = fd.derivative(i);
+      ASSERT_NEAR(analytic[i], d, fd_tolerance(d)) << "token " << token << " channel " << c;
     }
   }
   // Each row's gradient is far above the finite-difference tolerance (~1e-7): the check has the power to see

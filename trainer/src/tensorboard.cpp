@@ -281,11 +281,9 @@ void TensorBoardWriter::write_metrics(const nlohmann::ordered_json& line) {
   ScalarEvent e;
   e.step = line.at("step").get<int64_t>();
   e.wall_time = now_seconds();
-  const bool validation = line.contains("valid_loss") || line.contains("valid_bleu");
   for (const auto& [key, value] : line.items()) {
     if (key == "step" || !value.is_number()) continue;
-    std::string tag = validation && key.rfind("valid_", 0) == 0 ? "valid/" + key.substr(6)
-                                                                : (validation ? "valid/" : "train/") + key;
+    std::string tag = key.rfind("valid_", 0) == 0 ? "valid/" + key.substr(6) : "train/" + key;
     e.values.emplace_back(std::move(tag), value.get<float>());
   }
   if (!e.values.empty()) write(e);

@@ -35,7 +35,7 @@ class TensorBoardWriter {
   TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
 
   // One event at `step` with every numeric field of a metrics.jsonl line except "step" (nulls skipped),
-  // tagged "train/<key>", or "valid/<key>" for the "valid_*" fields of a validation line.
+  // tagged "valid/<rest>" for a "valid_<rest>" field (validation lines), else "train/<key>".
   void write_metrics(const nlohmann::ordered_json& line);
   void write(const ScalarEvent& event);
   // A text summary (TensorBoard's Text tab), e.g. sacreBLEU's signature.
