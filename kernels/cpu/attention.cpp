@@ -27,6 +27,17 @@
 namespace aiayn::kernels::cpu {
 namespace {
 
+// What this backend saves for the backward pass (attention_saved_bytes): the probabilities [B, H, Tq, Tk];
+// the row of (b, h, t).
+template <class T>
+T* saved_probs(void* saved, const AttentionShape<T>& s, int b, int h, int t) {
+  return static_cast<T*>(saved) + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+}
+template <class T>
+const T* saved_probs(const void* saved, const AttentionShape<T>& s, int b, int h, int t) {
+  return static_cast<const T*>(saved) + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+}
+
 template <class T>
 int valid_keys(const AttentionShape<T>& s, int b) {
   return s.k_len ? s.k_len[b] : s.Tk;  // null k_len: no key padding
@@ -80,7 +91,7 @@ void axpy(T alpha, const T* __restrict x, T* __restrict y, int n) {
 }
 
 // One (sentence, head): all queries of sentence b against its keys, channels of head h. p_row [Tk] is scratch
-// for when probs is not saved. target_clones: an AVX-512 (x86-64-v4) clone beside the portable one, picked at
+// for when nothing is saved. target_clones: an AVX-512 (x86-64-v4) clone beside the portable one, picked at
 // load time; the loops are the same, only the vector width differs (with FMA contraction in the clone, so the
 // last bits may differ between machines, as OpenBLAS's kernels do).
 template <class T>
@@ -92,7 +103,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head_re
   for (int t = 0; t < s.Tq; ++t) {
     const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
     T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
-    T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : p_row;  // [Tk]
+    T* p = a.saved ? saved_probs(a.saved, s, b, h, t) : p_row;  // [Tk]
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
     T max = T(0);
     for (int j = 0; j < n_valid; ++j) {
@@ -135,7 +146,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head_r
     const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
     const T* dout = a.dout + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;
     T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
-    const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+    const T* p = saved_probs(a.saved, s, b, h, t);
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
     const DropoutRow<T> drop(s, b, h, t);
 
@@ -332,7 +343,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void forward_head(co
   for (int t = 0; t < s.Tq; ++t) {
     const T* q = a.q + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;  // [Dh]
     T* out = a.out + b * s.o_bstride + long(t) * s.o_stride + h * s.Dh;   // [Dh]
-    T* p = a.probs ? a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk : pd;  // [Tk]
+    T* p = a.saved ? saved_probs(a.saved, s, b, h, t) : pd;  // [Tk]
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;  // valid keys are j < n_valid
     if (one_query)
       times_rows(q, k0, s.kv_stride, s.Dh, n_valid, p);
@@ -368,7 +379,7 @@ __attribute__((target_clones("arch=x86-64-v4", "default"))) void backward_head(c
   for (int t = 0; t < Tq; ++t) {
     const T* dout = dout0 + long(t) * s.o_stride;
     T* dq = a.dq + b * s.q_bstride + long(t) * s.q_stride + h * s.Dh;
-    const T* p = a.probs + ((size_t(b) * s.H + h) * s.Tq + t) * s.Tk;
+    const T* p = saved_probs(a.saved, s, b, h, t);
     const int n_valid = s.causal ? std::min(k_len, t + 1) : k_len;
     const DropoutRow<T> drop(s, b, h, t);
     times_packed(dout, vt, ld, s.Dh, n_valid, dp);  // dout . v[j]
@@ -416,7 +427,7 @@ template <class T>
 void attention_backward(const AttentionBackward<T>& a) {
   const AttentionShape<T>& s = a.shape;
   check_shape(s, "attention_backward");
-  AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
+  AIAYN_CHECK(a.saved != nullptr, "attention_backward (cpu): needs what the forward pass saved");
 #pragma omp parallel
   {
     HeadScratch<T> scratch(s, true);
@@ -440,7 +451,7 @@ template <class T>
 void attention_backward(const AttentionBackward<T>& a) {
   const AttentionShape<T>& s = a.shape;
   check_shape(s, "attention_backward");
-  AIAYN_CHECK(a.probs != nullptr, "attention_backward (cpu): needs the probabilities saved by the forward pass");
+  AIAYN_CHECK(a.saved != nullptr, "attention_backward (cpu): needs what the forward pass saved");
   std::vector<T> dp(s.Tk);
   for (int b = 0; b < s.B; ++b)
     for (int h = 0; h < s.H; ++h) backward_head_reference(a, b, h, dp.data());

@@ -11,17 +11,19 @@
 
 namespace aiayn::kernels::cpu {
 namespace {
-void check_ids(const int32_t* ids, int N, int V, const char* op) {
-  for (int n = 0; n < N; ++n)
-    AIAYN_CHECK(ids[n] >= 0 && ids[n] < V, std::string(op) + ": token id " + std::to_string(ids[n]) +
-                                               " at index " + std::to_string(n) + " is outside the vocabulary [0, " +
+void check_ids(const int32_t* ids, long N, int V, const std::string& what) {
+  for (long n = 0; n < N; ++n)
+    AIAYN_CHECK(ids[n] >= 0 && ids[n] < V, what + " id " + std::to_string(ids[n]) + " at index " +
+                                               std::to_string(n) + " is outside the vocabulary [0, " +
                                                std::to_string(V) + ")");
 }
 }  // namespace
 
+void check_token_ids(const TokenIdCheck& a) { check_ids(a.ids, a.N, a.V, a.what); }
+
 template <class T>
 void embed_forward(const EmbedForward<T>& a) {
-  check_ids(a.ids, a.N, a.V, "embed_forward");
+  check_ids(a.ids, a.N, a.V, "embed_forward: token");
   AIAYN_CHECK(a.positions || a.seq_len > 0, "embed_forward: seq_len must be positive");
   check_mask(a.drop, a.N, "embed_forward");
   AIAYN_CHECK(a.drop.p == 0.0f || (!a.positions && a.drop.seq_len == a.seq_len),
@@ -54,7 +56,7 @@ void embed_forward(const EmbedForward<T>& a) {
 // Serial over tokens: repeated ids add into the same row, and this keeps the summation order fixed.
 template <class T>
 void embed_backward(const EmbedBackward<T>& a) {
-  check_ids(a.ids, a.N, a.V, "embed_backward");
+  check_ids(a.ids, a.N, a.V, "embed_backward: token");
   check_mask(a.drop, a.N, "embed_backward");
   const T scale = static_cast<T>(a.scale);
   const T keep_prob = T(1) - static_cast<T>(a.drop.p);

@@ -32,6 +32,7 @@
 
 #include "common.cuh"
 #include "kernels/dropout_hash.hpp"
+#include "kernels/internal/attention_paths.hpp"
 #include "kernels/ops/attention.hpp"
 
 namespace aiayn::kernels {
@@ -583,7 +584,7 @@ void attention_forward_impl(const AttentionForward<S>& a, Stream s) {
   const size_t smem = sizeof(float) * (size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
   allow_shared(attention_forward_kernel<T>, smem);
   const dim3 grid((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-  cuda_detail::launch("attention_forward_kernel", attention_forward_kernel<T>, grid, kWarps * 32, smem, as_cuda(s), p, as_device(a.q), as_device(a.k), as_device(a.v), as_device(a.out), a.lse);
+  cuda_detail::launch("attention_forward_kernel", attention_forward_kernel<T>, grid, kWarps * 32, smem, as_cuda(s), p, as_device(a.q), as_device(a.k), as_device(a.v), as_device(a.out), static_cast<float*>(a.saved));
 }
 
 // The device's opt-in limit on dynamic shared memory per block (227 KiB on sm_90).
@@ -605,8 +606,9 @@ void attention_backward_impl(const AttentionBackward<S>& a, cuda::AttentionBackw
   using Path = cuda::AttentionBackwardPath;
   const AttentionShape<S>& sh = a.shape;
   check_shape(sh, "attention_backward");
-  AIAYN_CHECK(a.lse != nullptr && a.out != nullptr,
-              "attention_backward (cuda): needs the forward output and the lse saved by the forward pass");
+  AIAYN_CHECK(a.saved != nullptr && a.out != nullptr,
+              "attention_backward (cuda): needs the forward output and what the forward pass saved");
+  const float* lse = static_cast<const float*>(a.saved);  // [B, H, Tq] (attention_saved_bytes)
   if (sh.B == 0) return;
   const bool fits = per_head_fits(sh.Tq, sh.Tk, sh.Dh);
   AIAYN_CHECK(path != Path::PerHead || fits,
@@ -620,7 +622,7 @@ void attention_backward_impl(const AttentionBackward<S>& a, cuda::AttentionBackw
     const size_t smem = per_head_backward_smem(sh.Tq, sh.Tk, sh.Dh);
     allow_shared(attention_backward_head_kernel<T>, smem);
     const dim3 grid(sh.H, sh.B);
-    cuda_detail::launch("attention_backward_head_kernel", attention_backward_head_kernel<T>, grid, kHeadWarps * 32, smem, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), as_device(a.out), a.lse, as_device(a.dq), as_device(a.dk), as_device(a.dv));
+    cuda_detail::launch("attention_backward_head_kernel", attention_backward_head_kernel<T>, grid, kHeadWarps * 32, smem, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), as_device(a.out), lse, as_device(a.dq), as_device(a.dk), as_device(a.dv));
     return;
   }
   float* delta = nullptr;
@@ -631,14 +633,14 @@ void attention_backward_impl(const AttentionBackward<S>& a, cuda::AttentionBackw
     const size_t smem_dq = sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1));
     allow_shared(attention_dq_kernel<T>, smem_dq);
     const dim3 grid_q((sh.Tq + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    cuda_detail::launch("attention_dq_kernel", attention_dq_kernel<T>, grid_q, kWarps * 32, smem_dq, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), a.lse, static_cast<const float*>(delta), as_device(a.dq));
+    cuda_detail::launch("attention_dq_kernel", attention_dq_kernel<T>, grid_q, kWarps * 32, smem_dq, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), lse, static_cast<const float*>(delta), as_device(a.dq));
   }
   if (sh.Tk > 0) {
     const size_t smem_kv =
         sizeof(float) * (2 * size_t(kRowTile) * sh.Dh + 2 * size_t(kColTile) * (sh.Dh + 1) + 2 * kColTile);
     allow_shared(attention_dkdv_kernel<T>, smem_kv);
     const dim3 grid_k((sh.Tk + kRowTile - 1) / kRowTile, sh.H, sh.B);
-    cuda_detail::launch("attention_dkdv_kernel", attention_dkdv_kernel<T>, grid_k, kWarps * 32, smem_kv, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), a.lse, static_cast<const float*>(delta), as_device(a.dk), as_device(a.dv));
+    cuda_detail::launch("attention_dkdv_kernel", attention_dkdv_kernel<T>, grid_k, kWarps * 32, smem_kv, st, p, as_device(a.dout), as_device(a.q), as_device(a.k), as_device(a.v), lse, static_cast<const float*>(delta), as_device(a.dk), as_device(a.dv));
   }
   if (delta) AIAYN_CUDA_CHECK(cudaFreeAsync(delta, st));
 }

@@ -5,8 +5,8 @@
 // drop is the dropout op's map (dropout_map.cuh) with rows = tokens [B, seq_len], or the identity when p = 0.
 // Shapes: ids [N], table/dtable [V, D] float32, out/dout [N, D] float32 or bf16 (out rounded once, at the end).
 //
-// Both ops validate ids on the device and synchronise the stream to report the first bad one (the contract
-// says ids are checked and a bad id throws); the cost is one small copy per call.
+// The ids are the caller's to check (check_token_ids; the model checks them on the host): the ops themselves
+// never synchronise. check_token_ids on the device finds the first bad index and synchronises to report it.
 // Backward is deterministic without float atomics: a stable radix sort (CUB) groups token indices by id
 // keeping the original order; one block per group walks its tokens in that order and adds into its row, so
 // each row of dtable receives exactly the sequence of additions the CPU reference performs. The dropout row
@@ -48,7 +48,7 @@ __global__ void embed_forward_kernel(const int32_t* __restrict__ ids, const floa
                                      int seq_len, float scale, bool add_positions, DropoutMask drop) {
   const int n = blockIdx.x;
   const int id = ids[n];
-  if (id < 0 || id >= V) return;  // reported by find_bad_id_kernel
+  if (id < 0 || id >= V) return;  // outside the contract: the row is left as it was
   const int pos = positions ? positions[n] : n % seq_len;
   const bool dropout = drop.p > 0.0f;
   const uint64_t key = dropout ? dropout_row_key(drop, n) : 0;
@@ -76,10 +76,11 @@ __global__ void iota_kernel(int32_t* __restrict__ x, int N) {
 // keys [N] (the tokens' dropout row keys) is null when p = 0.
 template <class T>
 __global__ void embed_backward_kernel(const int32_t* __restrict__ sorted_ids, const int32_t* __restrict__ order,
-                                      const T* __restrict__ dout, float* __restrict__ dtable, int N, int D,
+                                      const T* __restrict__ dout, float* __restrict__ dtable, int N, int D, int V,
                                       float scale, const uint64_t* __restrict__ keys, float p) {
   const int i = blockIdx.x;
   const int id = sorted_ids[i];
+  if (id < 0 || id >= V) return;  // outside the contract: never written outside the table
   if (i > 0 && sorted_ids[i - 1] == id) return;
   int end = i + 1;
   while (end < N && sorted_ids[end] == id) ++end;
@@ -109,30 +110,34 @@ cudaError_t stable_sort_pairs_by_key(void* temp, size_t& temp_bytes, const int32
 #endif
 }
 
-// Launches the id check on `st`, runs `work` (more launches on st), then synchronises and throws on a bad id.
-// `checked`: the caller checked the ids on the host; only `work` runs (no synchronisation).
-template <class Work>
-void with_id_check(const int32_t* ids, int N, int V, cudaStream_t st, const char* op, bool checked, Work work) {
-  if (checked) {
-    work();
-    return;
-  }
+}  // namespace
+
+namespace cuda {
+void check_token_ids(const TokenIdCheck& a, Stream s) {
+  AIAYN_CHECK(a.N >= 0 && a.V > 0, "check_token_ids: bad shape");
+  if (a.N == 0) return;
+  AIAYN_CHECK(a.N <= INT_MAX, "check_token_ids: more than 2^31 ids");
+  const int N = static_cast<int>(a.N);
+  const cudaStream_t st = as_cuda(s);
   int* first_bad = nullptr;
   AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&first_bad), sizeof(int), st));
   AIAYN_CUDA_CHECK(cudaMemsetAsync(first_bad, 0x7f, sizeof(int), st));  // 0x7f7f7f7f > any N
-  cuda_detail::launch(op, find_bad_id_kernel, cuda_detail::grid_for(N, 256, 1024), 256, 0, st, ids, N, V, first_bad);
+  cuda_detail::launch("find_bad_id_kernel", find_bad_id_kernel, cuda_detail::grid_for(N, 256, 1024), 256, 0, st, a.ids,
+                      N, a.V, first_bad);
   int host_bad = INT_MAX;
   AIAYN_CUDA_CHECK(cudaMemcpyAsync(&host_bad, first_bad, sizeof(int), cudaMemcpyDeviceToHost, st));
   AIAYN_CUDA_CHECK(cudaFreeAsync(first_bad, st));
   AIAYN_CUDA_CHECK(cudaStreamSynchronize(st));
   if (host_bad < N) {
     int32_t bad_id = 0;
-    AIAYN_CUDA_CHECK(cudaMemcpy(&bad_id, ids + host_bad, sizeof(int32_t), cudaMemcpyDeviceToHost));
-    AIAYN_FAIL(std::string(op) + ": token id " + std::to_string(bad_id) + " at index " + std::to_string(host_bad) +
-               " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    AIAYN_CUDA_CHECK(cudaMemcpy(&bad_id, a.ids + host_bad, sizeof(int32_t), cudaMemcpyDeviceToHost));
+    AIAYN_FAIL(std::string(a.what) + " id " + std::to_string(bad_id) + " at index " + std::to_string(host_bad) +
+               " is outside the vocabulary [0, " + std::to_string(a.V) + ")");
   }
-  work();
 }
+}  // namespace cuda
+
+namespace {
 
 template <class T>
 void embed_forward_impl(const EmbedForward<T, float>& a, Stream s) {
@@ -143,11 +148,9 @@ void embed_forward_impl(const EmbedForward<T, float>& a, Stream s) {
               "embed_forward: dropout needs the [B, seq_len] layout (no explicit positions, drop.seq_len == seq_len)");
   if (a.N == 0 || a.D == 0) return;
   const cudaStream_t st = as_cuda(s);
-  with_id_check(a.ids, a.N, a.V, st, "embed_forward", a.ids_checked, [&] {
-    cuda_detail::launch("embed_forward_kernel", embed_forward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
-                        a.ids, a.table, as_device(a.out), a.positions, a.D, a.V, a.seq_len, a.scale,
-                        a.add_positions, a.drop);
-  });
+  cuda_detail::launch("embed_forward_kernel", embed_forward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
+                      a.ids, a.table, as_device(a.out), a.positions, a.D, a.V, a.seq_len, a.scale, a.add_positions,
+                      a.drop);
 }
 
 template <class T>
@@ -156,32 +159,30 @@ void embed_backward_impl(const EmbedBackward<T, float>& a, Stream s) {
   cuda_detail::check_dropout_mask(a.drop, a.N, "embed_backward");
   if (a.N == 0 || a.D == 0) return;
   const cudaStream_t st = as_cuda(s);
-  with_id_check(a.ids, a.N, a.V, st, "embed_backward", a.ids_checked, [&] {
-    int end_bit = 1;
-    while (end_bit < 31 && (int64_t(1) << end_bit) < a.V) ++end_bit;  // ids < V < 2^end_bit
-    size_t cub_bytes = 0;
-    AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(nullptr, cub_bytes, nullptr, nullptr, nullptr, nullptr, a.N, end_bit, st));
-    // Scratch: dropout row keys [N] (when p > 0; first, for 8-byte alignment), then sorted ids, token order in,
-    // token order out [N] each, then CUB's temporary storage.
-    const bool dropout = a.drop.p > 0.0f;
-    const size_t key_bytes = dropout ? size_t(a.N) * sizeof(uint64_t) : 0;
-    const size_t ints = size_t(a.N) * 3;
-    char* scratch = nullptr;
-    AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), key_bytes + ints * sizeof(int32_t) + cub_bytes, st));
-    uint64_t* keys = dropout ? reinterpret_cast<uint64_t*>(scratch) : nullptr;
-    int32_t* sorted_ids = reinterpret_cast<int32_t*>(scratch + key_bytes);
-    int32_t* order_in = sorted_ids + a.N;
-    int32_t* order = order_in + a.N;
-    void* cub_tmp = scratch + key_bytes + ints * sizeof(int32_t);
-    if (dropout)
-      cuda_detail::launch("row_key_kernel", row_key_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, a.drop, a.N, keys);
-    cuda_detail::launch("iota_kernel", iota_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, order_in, a.N);
-    AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, end_bit, st));
-    cuda_detail::launch("embed_backward_kernel", embed_backward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
-                        sorted_ids, order, as_device(a.dout), a.dtable, a.N, a.D, a.scale,
-                        static_cast<const uint64_t*>(keys), a.drop.p);
-    AIAYN_CUDA_CHECK(cudaFreeAsync(scratch, st));
-  });
+  int end_bit = 1;
+  while (end_bit < 31 && (int64_t(1) << end_bit) < a.V) ++end_bit;  // ids < V < 2^end_bit
+  size_t cub_bytes = 0;
+  AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(nullptr, cub_bytes, nullptr, nullptr, nullptr, nullptr, a.N, end_bit, st));
+  // Scratch: dropout row keys [N] (when p > 0; first, for 8-byte alignment), then sorted ids, token order in,
+  // token order out [N] each, then CUB's temporary storage.
+  const bool dropout = a.drop.p > 0.0f;
+  const size_t key_bytes = dropout ? size_t(a.N) * sizeof(uint64_t) : 0;
+  const size_t ints = size_t(a.N) * 3;
+  char* scratch = nullptr;
+  AIAYN_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), key_bytes + ints * sizeof(int32_t) + cub_bytes, st));
+  uint64_t* keys = dropout ? reinterpret_cast<uint64_t*>(scratch) : nullptr;
+  int32_t* sorted_ids = reinterpret_cast<int32_t*>(scratch + key_bytes);
+  int32_t* order_in = sorted_ids + a.N;
+  int32_t* order = order_in + a.N;
+  void* cub_tmp = scratch + key_bytes + ints * sizeof(int32_t);
+  if (dropout)
+    cuda_detail::launch("row_key_kernel", row_key_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, a.drop, a.N, keys);
+  cuda_detail::launch("iota_kernel", iota_kernel, cuda_detail::grid_for(a.N, 256, 1024), 256, 0, st, order_in, a.N);
+  AIAYN_CUDA_CHECK(stable_sort_pairs_by_key(cub_tmp, cub_bytes, a.ids, sorted_ids, order_in, order, a.N, end_bit, st));
+  cuda_detail::launch("embed_backward_kernel", embed_backward_kernel<cuda_detail::device_t<T>>, a.N, kThreads, 0, st,
+                      sorted_ids, order, as_device(a.dout), a.dtable, a.N, a.D, a.V, a.scale,
+                      static_cast<const uint64_t*>(keys), a.drop.p);
+  AIAYN_CUDA_CHECK(cudaFreeAsync(scratch, st));
 }
 
 }  // namespace

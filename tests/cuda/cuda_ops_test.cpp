@@ -31,6 +31,7 @@
 
 #include "kernels/dropout_hash.hpp"
 #include "kernels/memory.hpp"
+#include "kernels/internal/attention_paths.hpp"
 #include "kernels/ops.hpp"
 
 namespace K = aiayn::kernels;
@@ -267,15 +268,23 @@ TEST(CudaOps, Embedding) {
   }
 }
 
-TEST(CudaOps, EmbeddingRejectsBadId) {
+// The embedding ops leave the ids to the caller (the CUDA ones never synchronise): check_token_ids finds the
+// first id outside [0, V) on either backend and names it with its index.
+TEST(CudaOps, CheckTokenIdsNamesTheFirstBadIdOnBothBackends) {
   REQUIRE_GPU();
-  std::vector<int32_t> ids = {0, 3, 9, 1};
+  const std::vector<int32_t> ids = {0, 3, 9, 1, -2};
   auto d_ids = upload(ids);
-  auto d_table = upload(std::vector<float>(4 * 3, 1.0f));
-  auto d_out = upload(poison(4 * 3));
-  K::EmbedForward<float> f;
-  f.N = 4, f.D = 3, f.V = 4, f.seq_len = 4, f.ids = d_ids.data(), f.table = d_table.data(), f.out = d_out.data();
-  EXPECT_THROW(K::cuda::embed_forward(f, nullptr), aiayn::Error);
+  for (const K::Device dev : {K::Device::CPU, K::Device::CUDA}) {
+    const int32_t* at = dev == K::Device::CPU ? ids.data() : d_ids.data();
+    try {
+      K::check_token_ids(dev, K::TokenIdCheck{at, 5, 4, "source"});
+      ADD_FAILURE() << "no error for id 9";
+    } catch (const aiayn::Error& e) {
+      EXPECT_STREQ(e.what(), "source id 9 at index 2 is outside the vocabulary [0, 4)");
+    }
+    EXPECT_NO_THROW(K::check_token_ids(dev, K::TokenIdCheck{at, 2, 4, "source"}));
+    EXPECT_NO_THROW(K::check_token_ids(dev, K::TokenIdCheck{at, 0, 4, "source"}));
+  }
 }
 
 TEST(CudaOps, Dropout) {
@@ -598,7 +607,7 @@ void run_attention_case(const AttnCase& c, std::mt19937& rng) {
   std::vector<float> out_cpu = poison(out_elems), probs(size_t(c.B) * c.H * c.Tq * c.Tk, kNaN);
   K::AttentionForward<float> f;
   f.shape = sh_cpu, f.q = qb.data(), f.k = kb.data() + L.k_off, f.v = vb.data() + L.v_off, f.out = out_cpu.data(),
-  f.probs = probs.data();
+  f.saved = probs.data();
   K::cpu::attention_forward(f);
 
   // CUDA.
@@ -611,7 +620,7 @@ void run_attention_case(const AttnCase& c, std::mt19937& rng) {
   auto d_out = upload(poison(out_elems));
   auto d_lse = upload(poison(size_t(c.B) * c.H * c.Tq));
   f.shape = sh_gpu, f.q = d_q.data(), f.k = d_k.data() + L.k_off, f.v = d_v.data() + L.v_off, f.out = d_out.data(),
-  f.probs = nullptr, f.lse = d_lse.data();
+  f.saved = d_lse.data();
   K::cuda::attention_forward(f, nullptr);
   // Online softmax (rescaled partial sums) against a two-pass softmax, fp32 throughout: a few ulp per key.
   EXPECT_TRUE(close("attention out", download(d_out), out_cpu, 1e-5));
@@ -623,7 +632,7 @@ void run_attention_case(const AttnCase& c, std::mt19937& rng) {
   for (int i = 0; i < 3; ++i) g_cpu[i] = poison(sizes[i]);
   K::AttentionBackward<float> b;
   b.shape = sh_cpu, b.dout = dout.data(), b.q = qb.data(), b.k = kb.data() + L.k_off, b.v = vb.data() + L.v_off;
-  b.out = out_cpu.data(), b.probs = probs.data();
+  b.out = out_cpu.data(), b.saved = probs.data();
   b.dq = g_cpu[0].data(), b.dk = g_cpu[L.dk_buffer()].data() + L.k_off, b.dv = g_cpu[L.dv_buffer()].data() + L.v_off;
   K::cpu::attention_backward(b);
 
@@ -637,7 +646,7 @@ void run_attention_case(const AttnCase& c, std::mt19937& rng) {
     K::DeviceArray<float> d_g[3];
     for (int i = 0; i < 3; ++i) d_g[i] = upload(poison(sizes[i]));
     b.shape = sh_gpu, b.dout = d_dout.data(), b.q = d_q.data(), b.k = d_k.data() + L.k_off, b.v = d_v.data() + L.v_off;
-    b.out = d_out.data(), b.probs = nullptr, b.lse = d_lse.data();
+    b.out = d_out.data(), b.saved = d_lse.data();
     b.dq = d_g[0].data(), b.dk = d_g[L.dk_buffer()].data() + L.k_off, b.dv = d_g[L.dv_buffer()].data() + L.v_off;
     K::cuda::attention_backward(b, path, nullptr);
     ran[pi] = true;
@@ -962,7 +971,7 @@ TEST(CudaOpsChecks, EmptyShapesDoNothing) {
     a.shape.B = 0, a.shape.Tq = 3, a.shape.Tk = 3, a.shape.H = 1, a.shape.Dh = 8, a.q = h, a.k = h, a.v = h, a.out = h + 1;
     EXPECT_NO_THROW(K::cuda::attention_forward(a, nullptr));
     K::AttentionBackward<K::bf16> b;
-    b.shape = a.shape, b.dout = h, b.q = h, b.k = h, b.v = h, b.out = h + 1, b.lse = f, b.dq = h + 2, b.dk = h + 3;
+    b.shape = a.shape, b.dout = h, b.q = h, b.k = h, b.v = h, b.out = h + 1, b.saved = f, b.dq = h + 2, b.dk = h + 3;
     b.dv = h + 4;
     EXPECT_NO_THROW(K::cuda::attention_backward(b, nullptr));
   }
@@ -1803,13 +1812,13 @@ TEST(CudaOpsHarness, ReferenceAttentionIsTheCpuOpInDouble) {
     std::vector<double> out(in.out_elems), probs(size_t(c.B) * c.H * c.Tq * c.Tk);
     K::AttentionForward<double> f;
     f.shape = sh, f.q = q.data(), f.k = k.data() + L.k_off, f.v = v.data() + L.v_off, f.out = out.data();
-    f.probs = probs.data();
+    f.saved = probs.data();
     K::cpu::attention_forward(f);
     std::vector<double> g[3];
     for (int i = 0; i < 3; ++i) g[i].assign(ref.g[i].size(), NAN);
     K::AttentionBackward<double> b;
     b.shape = sh, b.dout = dout.data(), b.q = q.data(), b.k = k.data() + L.k_off, b.v = v.data() + L.v_off;
-    b.out = out.data(), b.probs = probs.data(), b.dq = g[0].data(), b.dk = g[L.dk_buffer()].data() + L.k_off;
+    b.out = out.data(), b.saved = probs.data(), b.dq = g[0].data(), b.dk = g[L.dk_buffer()].data() + L.k_off;
     b.dv = g[L.dv_buffer()].data() + L.v_off;
     K::cpu::attention_backward(b);
     // Both in double, summed in different orders: ~1e-16 relative per term. NaN where no head owns a column.
@@ -1882,7 +1891,7 @@ TEST(CudaOps, AttentionBf16) {
     auto d_lse = upload(poison(in.stat_elems));
     K::AttentionForward<K::bf16> f;
     f.shape = sh, f.q = d_q.data(), f.k = d_k.data() + L.k_off, f.v = d_v.data() + L.v_off, f.out = d_out.data();
-    f.lse = d_lse.data();
+    f.saved = d_lse.data();
     K::cuda::attention_forward(f, nullptr);
     // Floors: the fp32 attention limits (online softmax against two-pass, float arithmetic).
     EXPECT_TRUE(within_twice_naive("attention bf16 out", download_bf16(d_out), as_floats(naive.out), exact.out, 1e-5));
@@ -1899,7 +1908,7 @@ TEST(CudaOps, AttentionBf16) {
       for (int i = 0; i < 3; ++i) d_g[i] = poison_bf16(exact.g[i].size());
       K::AttentionBackward<K::bf16> b;
       b.shape = sh, b.dout = d_dout.data(), b.q = d_q.data(), b.k = d_k.data() + L.k_off, b.v = d_v.data() + L.v_off;
-      b.out = d_out.data(), b.lse = d_lse.data(), b.dq = d_g[0].data(), b.dk = d_g[L.dk_buffer()].data() + L.k_off;
+      b.out = d_out.data(), b.saved = d_lse.data(), b.dq = d_g[0].data(), b.dk = d_g[L.dk_buffer()].data() + L.k_off;
       b.dv = d_g[L.dv_buffer()].data() + L.v_off;
       K::cuda::attention_backward(b, path, nullptr);
       ran[pi] = true;
@@ -1989,7 +1998,7 @@ TEST(CudaOps, DeterministicRepeatsBf16AndFused) {
     auto d_out = poison_bf16(in.out_elems);
     auto d_lse = upload(poison(in.stat_elems));
     K::AttentionForward<K::bf16> f;
-    f.shape = sh, f.q = d_q.data(), f.k = d_k.data(), f.v = d_v.data(), f.out = d_out.data(), f.lse = d_lse.data();
+    f.shape = sh, f.q = d_q.data(), f.k = d_k.data(), f.v = d_v.data(), f.out = d_out.data(), f.saved = d_lse.data();
     K::cuda::attention_forward(f, nullptr);
     // Both backward paths, each run twice.
     std::vector<float> runs[2][3];
@@ -1998,7 +2007,7 @@ TEST(CudaOps, DeterministicRepeatsBf16AndFused) {
         auto d_dq = poison_bf16(in.q_elems), d_dk = poison_bf16(in.kv_elems), d_dv = poison_bf16(in.kv_elems);
         K::AttentionBackward<K::bf16> b;
         b.shape = sh, b.dout = d_dout.data(), b.q = d_q.data(), b.k = d_k.data(), b.v = d_v.data();
-        b.out = d_out.data(), b.lse = d_lse.data(), b.dq = d_dq.data(), b.dk = d_dk.data(), b.dv = d_dv.data();
+        b.out = d_out.data(), b.saved = d_lse.data(), b.dq = d_dq.data(), b.dk = d_dk.data(), b.dv = d_dv.data();
         K::cuda::attention_backward(b, path, nullptr);
         r[0] = download_bf16(d_dq), r[1] = download_bf16(d_dk), r[2] = download_bf16(d_dv);
       }

@@ -294,7 +294,7 @@ TEST(Attention, MatchesDirectMaskedSoftmax) {
       std::vector<double> out(size_t(B) * T * D), probs(size_t(B) * H * T * Tk);
       AttentionForward<double> f;
       f.shape = s, f.q = qkv.data(), f.k = qkv.data() + D, f.v = qkv.data() + 2 * D, f.out = out.data();
-      f.probs = probs.data();
+      f.saved = probs.data();
       cpu::attention_forward(f);
       for (int b = 0; b < B; ++b)
         for (int h = 0; h < H; ++h)
@@ -480,7 +480,7 @@ TEST(FloatInstantiation, AttentionAndCrossEntropyAgreeWithDouble) {
     s.causal = true, s.scale = float(1 / std::sqrt(double(Dh))), s.p_drop = 0.2f, s.pair = pair.data();
     AttentionForward<T_> f;
     f.shape = s, f.q = buf.data(), f.k = buf.data() + D, f.v = buf.data() + 2 * D, f.out = out.data();
-    f.probs = probs.data();
+    f.saved = probs.data();
     cpu::attention_forward(f);
   };
   std::vector<double> out(size_t(B) * T * D), probs(size_t(B) * H * T * T);

@@ -185,12 +185,12 @@ void check_attention_variant(const AttnVariantCase& c, double tol) {
     outs[variant].assign(q.size(), T(NAN)), probs[variant].assign(size_t(c.B) * c.H * c.Tq * c.Tk, T(NAN));
     AttentionForward<T> f;
     f.shape = s, f.q = q.data(), f.k = kv.data(), f.v = kv.data() + D, f.out = outs[variant].data();
-    f.probs = probs[variant].data();
+    f.saved = probs[variant].data();
     variant == 0 ? cpu::attention_forward(f) : cpu::reference::attention_forward(f);
     dq[variant].assign(q.size(), T(NAN)), dkv[variant].assign(kv.size(), T(NAN));
     AttentionBackward<T> bw;
     bw.shape = s, bw.dout = dout.data(), bw.q = q.data(), bw.k = kv.data(), bw.v = kv.data() + D;
-    bw.out = outs[variant].data(), bw.probs = probs[variant].data(), bw.dq = dq[variant].data();
+    bw.out = outs[variant].data(), bw.saved = probs[variant].data(), bw.dq = dq[variant].data();
     bw.dk = dkv[variant].data(), bw.dv = dkv[variant].data() + D;
     variant == 0 ? cpu::attention_backward(bw) : cpu::reference::attention_backward(bw);
   }

@@ -334,7 +334,7 @@ TEST_P(AttentionGrad, MatchesFiniteDifferences) {
     AttentionForward<double> f;
     f.shape = s;
     pointers(qbuf, kvbuf, f);
-    f.out = out.data(), f.probs = probs.data();
+    f.out = out.data(), f.saved = probs.data();
     cpu::attention_forward(f);
   };
   auto loss = [&] {
@@ -357,7 +357,7 @@ TEST_P(AttentionGrad, MatchesFiniteDifferences) {
   AttentionBackward<double> bwd;
   bwd.shape = s;
   pointers(qbuf, kvbuf, bwd);
-  bwd.dout = w.data(), bwd.out = out.data(), bwd.probs = probs.data();
+  bwd.dout = w.data(), bwd.out = out.data(), bwd.saved = probs.data();
   bwd.dq = dqbuf.data();
   bwd.dk = c.fused ? dqbuf.data() + D : dkvbuf.data();
   bwd.dv = c.fused ? dqbuf.data() + 2 * D : dkvbuf.data() + D;

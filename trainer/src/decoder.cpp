@@ -217,6 +217,8 @@ struct IncrementalDecoder<T>::Impl {
     S = 1;
     for (const auto& s : sources) {
       AIAYN_CHECK(!s.empty(), "decoder: an empty source (every source ends in EOS)");
+      // the embedding ops leave the ids to the caller: checked here, on the host
+      k::check_token_ids(Device::CPU, k::TokenIdCheck{s.data(), static_cast<long>(s.size()), V, "decoder: source token"});
       S = std::max(S, static_cast<int>(s.size()));
     }
     rows_cap = static_cast<size_t>(R);
@@ -301,6 +303,7 @@ struct IncrementalDecoder<T>::Impl {
     AIAYN_CHECK(static_cast<int>(toks.size()) == R,
                 fmt::format("decoder: step got {} tokens for {} rows", toks.size(), R));
     AIAYN_CHECK(t < Tmax, fmt::format("decoder: step {} is beyond the {} steps prepared", t + 1, Tmax));
+    k::check_token_ids(Device::CPU, k::TokenIdCheck{toks.data(), R, V, "decoder: step token"});
     step_positions.assign(R, t);
     step_lengths.assign(R, t + 1);
     k::device_copy(dev, tokens, Device::CPU, toks.data(), static_cast<size_t>(R) * 4);

@@ -53,10 +53,11 @@ struct Core final : Model<T>::Impl {
   // post-norm: ln_x = x + Dropout(F(x)) (the LayerNorm input), out = LayerNorm(ln_x)
   // pre-norm:  ln_x = LayerNorm(x) (F's input),                  out = x + Dropout(F(ln_x))
   struct Sub { A* ln_x = nullptr; T* mean = nullptr; T* rstd = nullptr; A* out = nullptr; };
-  struct EncAct { A* qkv; A* ctx; A* probs; float* lse; Sub attn; A* h; A* hd; Sub ffn; };
+  // attn_saved: what the attention op keeps for its backward (its own layout, attention_saved_bytes)
+  struct EncAct { A* qkv; A* ctx; void* attn_saved; Sub attn; A* h; A* hd; Sub ffn; };
   struct DecAct {
-    A* qkv; A* ctx; A* probs; float* lse; Sub self;
-    A* q; A* kv; A* cctx; A* cprobs; float* clse; Sub cross;
+    A* qkv; A* ctx; void* self_saved; Sub self;
+    A* q; A* kv; A* cctx; void* cross_saved; Sub cross;
     A* h; A* hd; Sub ffn;
   };
 
@@ -145,7 +146,6 @@ struct Core final : Model<T>::Impl {
   void layout(int b, int s, int t, bool backward) {
     B = b, S = s, Tt = t;
     const size_t Ns = static_cast<size_t>(B) * S, Nt = static_cast<size_t>(B) * Tt, Nmax = std::max(Ns, Nt);
-    const bool cpu = dev == Device::CPU;
     size_t used = 0;
     A* base = arena.data();
     bool measuring = true;
@@ -158,7 +158,13 @@ struct Core final : Model<T>::Impl {
       using V = std::remove_pointer_t<decltype(type)>;
       return reinterpret_cast<V*>(take((n * sizeof(V) + sizeof(A) - 1) / sizeof(A)));
     };
-    auto take_f = [&](size_t n) { return take_as(static_cast<float*>(nullptr), n); };  // float32 lse (CUDA)
+    auto take_bytes = [&](size_t n) -> void* { return take_as(static_cast<char*>(nullptr), n); };
+    // what the attention op saves for [B, H, tq, tk] (sized by the op, whatever the backend keeps)
+    auto attn_saved = [&](int tq, int tk) {
+      k::AttentionShape<A> shape;
+      shape.B = B, shape.Tq = tq, shape.Tk = tk, shape.H = H, shape.Dh = Dh;
+      return take_bytes(k::attention_saved_bytes(dev, shape));
+    };
     auto take_t = [&](size_t n) { return take_as(static_cast<T*>(nullptr), n); };      // LayerNorm statistics
     auto sub = [&](size_t rows) { return Sub{take(rows * D), take_t(rows), take_t(rows), take(rows * D)}; };
     const bool relu_drop = spec.arch.relu_dropout > 0;
@@ -171,8 +177,7 @@ struct Core final : Model<T>::Impl {
         EncAct a{};
         a.qkv = take(Ns * 3 * D);
         a.ctx = take(Ns * D);
-        a.probs = cpu ? take(static_cast<size_t>(B) * H * S * S) : nullptr;
-        a.lse = cpu ? nullptr : take_f(static_cast<size_t>(B) * H * S);
+        a.attn_saved = attn_saved(S, S);
         a.attn = sub(Ns);
         a.h = take(Ns * F);
         a.hd = relu_drop ? take(Ns * F) : a.h;
@@ -185,14 +190,12 @@ struct Core final : Model<T>::Impl {
         DecAct a{};
         a.qkv = take(Nt * 3 * D);
         a.ctx = take(Nt * D);
-        a.probs = cpu ? take(static_cast<size_t>(B) * H * Tt * Tt) : nullptr;
-        a.lse = cpu ? nullptr : take_f(static_cast<size_t>(B) * H * Tt);
+        a.self_saved = attn_saved(Tt, Tt);
         a.self = sub(Nt);
         a.q = take(Nt * D);
         a.kv = take(Ns * 2 * D);
         a.cctx = take(Nt * D);
-        a.cprobs = cpu ? take(static_cast<size_t>(B) * H * Tt * S) : nullptr;
-        a.clse = cpu ? nullptr : take_f(static_cast<size_t>(B) * H * Tt);
+        a.cross_saved = attn_saved(Tt, S);
         a.cross = sub(Nt);
         a.h = take(Nt * F);
         a.hd = relu_drop ? take(Nt * F) : a.h;
@@ -221,17 +224,14 @@ struct Core final : Model<T>::Impl {
     }
   }
 
-  // Token ids are checked here, on the host, once per batch: the embedding ops then skip their device-side check
-  // (on CUDA a synchronisation each).
+  // Token ids are checked here, on the host, once per batch (the embedding ops leave them to the caller).
   void upload(const Batch& b) {
     const size_t Ns = static_cast<size_t>(b.B) * b.S, Nt = static_cast<size_t>(b.B) * b.T;
     auto check_ids = [&](const std::vector<int32_t>& ids, const char* what) {
-      for (size_t i = 0; i < ids.size(); ++i)
-        AIAYN_CHECK(ids[i] >= 0 && ids[i] < V, fmt::format("model: {} token id {} at index {} is outside the "
-                                                           "vocabulary [0, {})", what, ids[i], i, V));
+      k::check_token_ids(Device::CPU, k::TokenIdCheck{ids.data(), static_cast<long>(ids.size()), V, what});
     };
-    check_ids(b.src, "source");
-    check_ids(b.tgt_in, "target input");
+    check_ids(b.src, "model: source token");
+    check_ids(b.tgt_in, "model: target input token");
     const size_t need = Ns + 2 * Nt + 2 * static_cast<size_t>(b.B);
     if (need > ints.size()) ints = k::DeviceArray<int32_t>(dev, need);
     if (static_cast<size_t>(b.B) > longs.size()) longs = k::DeviceArray<int64_t>(dev, b.B);
@@ -374,15 +374,15 @@ struct Core final : Model<T>::Impl {
     a.kv_bstride = static_cast<long>(S) * 2 * D, a.kv_stride = 2 * D;
     return a;
   }
-  void attention(const k::AttentionShape<A>& shape, const A* q, const A* kk, const A* v, A* out, A* probs, float* lse) {
+  void attention(const k::AttentionShape<A>& shape, const A* q, const A* kk, const A* v, A* out, void* saved) {
     k::AttentionForward<A> a;
-    a.shape = shape, a.q = q, a.k = kk, a.v = v, a.out = out, a.probs = probs, a.lse = lse;
+    a.shape = shape, a.q = q, a.k = kk, a.v = v, a.out = out, a.saved = saved;
     k::attention_forward(dev, a);
   }
   void attention_bwd(const k::AttentionShape<A>& shape, const A* dout, const A* q, const A* kk, const A* v,
-                     const A* out, const A* probs, const float* lse, A* dq, A* dk, A* dv) {
+                     const A* out, const void* saved, A* dq, A* dk, A* dv) {
     k::AttentionBackward<A> a;
-    a.shape = shape, a.dout = dout, a.q = q, a.k = kk, a.v = v, a.out = out, a.probs = probs, a.lse = lse;
+    a.shape = shape, a.dout = dout, a.q = q, a.k = kk, a.v = v, a.out = out, a.saved = saved;
     a.dq = dq, a.dk = dk, a.dv = dv;
     k::attention_backward(dev, a);
   }
@@ -392,7 +392,6 @@ struct Core final : Model<T>::Impl {
     e.ids = ids, e.table = P(emb), e.out = out, e.N = B * len, e.D = D, e.V = V, e.seq_len = len;
     e.scale = std::sqrt(static_cast<float>(D));
     e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
-    e.ids_checked = true;  // upload()
     k::embed_forward(dev, e);
   }
   void embed_bwd(const int32_t* ids, int len, const A* dout, uint32_t stack, const DropoutContext& dc) {
@@ -400,7 +399,6 @@ struct Core final : Model<T>::Impl {
     e.ids = ids, e.dout = dout, e.dtable = G(emb), e.N = B * len, e.D = D, e.V = V;
     e.scale = std::sqrt(static_cast<float>(D));
     e.drop = mask(len, site(stack, 0, k::DropoutKind::Embedding), p_out(), dc);
-    e.ids_checked = true;
     k::embed_backward(dev, e);
   }
 
@@ -427,7 +425,7 @@ struct Core final : Model<T>::Impl {
       const A* fin = sub_in(x, a.attn, p.attn_norm, N);
       linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(S, src_len, false, site(0, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
-                a.qkv + 2 * D, a.ctx, a.probs, a.lse);
+                a.qkv + 2 * D, a.ctx, a.attn_saved);
       linear(a.ctx, N, D, p.out_w, p.out_b, D, tmp);
       sub_out(x, tmp, a.attn, p.attn_norm, N, S, site(0, l, k::DropoutKind::SelfAttnOut), dc);
       x = a.attn.out;
@@ -450,7 +448,7 @@ struct Core final : Model<T>::Impl {
       const A* fin = sub_in(x, a.self, p.self_norm, N);
       linear(fin, N, D, p.qkv_w, kNoBias, 3 * D, a.qkv);
       attention(self_shape(Tt, tgt_len, true, site(1, l, k::DropoutKind::SelfAttnProbs), dc), a.qkv, a.qkv + D,
-                a.qkv + 2 * D, a.ctx, a.probs, a.lse);
+                a.qkv + 2 * D, a.ctx, a.self_saved);
       linear(a.ctx, N, D, p.out_w, p.out_b, D, tmp);
       sub_out(x, tmp, a.self, p.self_norm, N, Tt, site(1, l, k::DropoutKind::SelfAttnOut), dc);
       x = a.self.out;
@@ -458,7 +456,7 @@ struct Core final : Model<T>::Impl {
       fin = sub_in(x, a.cross, p.cross_norm, N);
       linear(fin, N, D, p.q_w, kNoBias, D, a.q);
       linear(memory, B * S, D, p.kv_w, kNoBias, 2 * D, a.kv);
-      attention(cross_shape(site(1, l, k::DropoutKind::CrossAttnProbs), dc), a.q, a.kv, a.kv + D, a.cctx, a.cprobs, a.clse);
+      attention(cross_shape(site(1, l, k::DropoutKind::CrossAttnProbs), dc), a.q, a.kv, a.kv + D, a.cctx, a.cross_saved);
       linear(a.cctx, N, D, p.cout_w, p.cout_b, D, tmp);
       sub_out(x, tmp, a.cross, p.cross_norm, N, Tt, site(1, l, k::DropoutKind::CrossAttnOut), dc);
       x = a.cross.out;
@@ -533,7 +531,7 @@ struct Core final : Model<T>::Impl {
       sub_out_bwd(d_stream, d_f, a.cross, p.cross_norm, Nt, Tt, site(1, l, k::DropoutKind::CrossAttnOut), dc);
       linear_backward(d_f, a.cctx, Nt, D, D, p.cout_w, p.cout_b, d_ctx, false);
       attention_bwd(cross_shape(site(1, l, k::DropoutKind::CrossAttnProbs), dc), d_ctx, a.q, a.kv, a.kv + D, a.cctx,
-                    a.cprobs, a.clse, d_qkv, d_kv, d_kv + D);
+                    a.cross_saved, d_qkv, d_kv, d_kv + D);
       linear_backward(d_qkv, fin_of(x_cross, a.cross), Nt, D, D, p.q_w, kNoBias, d_fin, false);
       linear_backward(d_kv, memory, Ns, D, 2 * D, p.kv_w, kNoBias, d_enc, true);
       sub_in_bwd(x_cross, d_fin, d_stream, a.cross, p.cross_norm, Nt);
@@ -541,7 +539,7 @@ struct Core final : Model<T>::Impl {
       sub_out_bwd(d_stream, d_f, a.self, p.self_norm, Nt, Tt, site(1, l, k::DropoutKind::SelfAttnOut), dc);
       linear_backward(d_f, a.ctx, Nt, D, D, p.out_w, p.out_b, d_ctx, false);
       attention_bwd(self_shape(Tt, tgt_len, true, site(1, l, k::DropoutKind::SelfAttnProbs), dc), d_ctx, a.qkv,
-                    a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
+                    a.qkv + D, a.qkv + 2 * D, a.ctx, a.self_saved, d_qkv, d_qkv + D, d_qkv + 2 * D);
       linear_backward(d_qkv, fin_of(x_self, a.self), Nt, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_self, d_fin, d_stream, a.self, p.self_norm, Nt);
       done(dec_range[l]);
@@ -566,7 +564,7 @@ struct Core final : Model<T>::Impl {
       sub_out_bwd(ds, d_f, a.attn, p.attn_norm, Ns, S, site(0, l, k::DropoutKind::SelfAttnOut), dc);
       linear_backward(d_f, a.ctx, Ns, D, D, p.out_w, p.out_b, d_ctx, false);
       attention_bwd(self_shape(S, src_len, false, site(0, l, k::DropoutKind::SelfAttnProbs), dc), d_ctx, a.qkv,
-                    a.qkv + D, a.qkv + 2 * D, a.ctx, a.probs, a.lse, d_qkv, d_qkv + D, d_qkv + 2 * D);
+                    a.qkv + D, a.qkv + 2 * D, a.ctx, a.attn_saved, d_qkv, d_qkv + D, d_qkv + 2 * D);
       linear_backward(d_qkv, fin_of(x_attn, a.attn), Ns, D, 3 * D, p.qkv_w, kNoBias, d_fin, false);
       sub_in_bwd(x_attn, d_fin, ds, a.attn, p.attn_norm, Ns);
       done(enc_range[l]);

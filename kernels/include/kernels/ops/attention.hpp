@@ -11,10 +11,15 @@
 // Element (b, t, c) of q lives at q[b*q_bstride + t*q_stride + c]; k and v use kv_bstride, kv_stride; out
 // uses o_bstride, o_stride. This lets q, k and v be column slices of one fused projection [N, 3D] and lets
 // incremental decoding point k and v at a cache of Tmax rows per sentence.
-// The CPU backend saves p (before dropout) in probs [B, H, Tq, Tk]; the CUDA backend saves the
-// log-sum-exp per row in lse [B, H, Tq] instead and recomputes. Backward overwrites dq, dk, dv (same strides
-// as q, k, v). In bf16 precision q, k, v, out and the gradients are bf16; scores, softmax, lse and every
-// accumulation are float32.
+// What the backward pass needs besides q, k, v and out is the op's own business: the forward writes it to
+// `saved` (attention_saved_bytes(device, shape) bytes, laid out by the backend) and the backward reads it back.
+// The caller only sizes the buffer. The CPU backend keeps the probabilities p (before dropout) [B, H, Tq, Tk]
+// of T: memory is plentiful there and recomputing an exp per score would about double its backward. The CUDA
+// backend keeps one float32 log-sum-exp per row [B, H, Tq] and recomputes p tile by tile (FlashAttention's
+// choice: the [Tq, Tk] matrices never reach device memory, which bandwidth and capacity reward). Backward
+// overwrites dq, dk, dv (same strides as q, k, v). In bf16 precision q, k, v, out and the gradients are bf16;
+// scores, softmax, lse and every accumulation are float32.
+#include <cstddef>
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
@@ -44,8 +49,7 @@ struct AttentionForward {
   const T* k = nullptr;
   const T* v = nullptr;
   T* out = nullptr;
-  T* probs = nullptr;    // CPU: [B, H, Tq, Tk] saved for backward (may be null when no backward follows)
-  float* lse = nullptr;  // CUDA: [B, H, Tq] saved for backward (may be null when no backward follows)
+  void* saved = nullptr;  // attention_saved_bytes(device, shape) for the backward pass; null when none follows
 };
 
 template <class T>
@@ -56,9 +60,8 @@ struct AttentionBackward {
   const T* q = nullptr;
   const T* k = nullptr;
   const T* v = nullptr;
-  const T* out = nullptr;     // forward output (CUDA uses it for the row dot products)
-  const T* probs = nullptr;   // CPU
-  const float* lse = nullptr; // CUDA
+  const T* out = nullptr;        // forward output (CUDA uses it for the row dot products)
+  const void* saved = nullptr;   // what the forward pass saved
   T* dq = nullptr;
   T* dk = nullptr;
   T* dv = nullptr;
@@ -67,6 +70,10 @@ struct AttentionBackward {
 namespace cpu {
 template <class T> void attention_forward(const AttentionForward<T>& a);
 template <class T> void attention_backward(const AttentionBackward<T>& a);
+// the probabilities [B, H, Tq, Tk]
+template <class T> size_t attention_saved_bytes(const AttentionShape<T>& s) {
+  return size_t(s.B) * s.H * s.Tq * s.Tk * sizeof(T);
+}
 }  // namespace cpu
 namespace cuda {
 // The widest head the CUDA kernels take (a warp holds a query's channels, 4 per lane). A model with wider
@@ -76,17 +83,15 @@ void attention_forward(const AttentionForward<float>& a, Stream s);
 void attention_backward(const AttentionBackward<float>& a, Stream s);
 void attention_forward(const AttentionForward<bf16>& a, Stream s);
 void attention_backward(const AttentionBackward<bf16>& a, Stream s);
-// The CUDA backward has two implementations with the same results up to FMA contraction: PerHead, one kernel
-// with one block per (head, sentence) holding the head's rows in shared memory, for short sequences (Tq, Tk
-// <= 128 and the rows within the device's shared memory, see attention_backward_per_head_fits), and Tiled,
-// three kernels over query and key tiles, for any length. Auto (the two-argument form) takes PerHead where it
-// fits; asking for PerHead where it does not throws. The explicit forms are for tests and benchmarks.
-enum class AttentionBackwardPath { Auto, PerHead, Tiled };
-void attention_backward(const AttentionBackward<float>& a, AttentionBackwardPath path, Stream s);
-void attention_backward(const AttentionBackward<bf16>& a, AttentionBackwardPath path, Stream s);
-bool attention_backward_per_head_fits(int Tq, int Tk, int Dh);  // on the current device
+// the float32 log-sum-exp per row [B, H, Tq]
+template <class T> size_t attention_saved_bytes(const AttentionShape<T>& s) {
+  return size_t(s.B) * s.H * s.Tq * sizeof(float);
+}
 }  // namespace cuda
 
+template <class T> size_t attention_saved_bytes(Device d, const AttentionShape<T>& s) {
+  return d == Device::CPU ? cpu::attention_saved_bytes(s) : cuda::attention_saved_bytes(s);
+}
 template <class T> void attention_forward(Device d, const AttentionForward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(attention_forward, d, a, s); }
 template <class T> void attention_backward(Device d, const AttentionBackward<T>& a, Stream s = nullptr) { AIAYN_DISPATCH(attention_backward, d, a, s); }
 

@@ -9,9 +9,13 @@
 // seq_len when p > 0; dropout is not allowed together with explicit positions). Backward accumulates into
 // the shared matrix (the same matrix also receives the output projection's gradient):
 //   dtable[ids[n], c] += mask(dout)[n, c] * scale        mask = the same dropout map applied to dout
-// Positions have no parameters. Shapes: ids [N], table [V, D], out [N, D]. Every id must lie in [0, V)
-// (checked; throws; on CUDA the check synchronises the stream, unless ids_checked says the caller has done
-// it on the host). In bf16 precision out/dout are bf16 and table/dtable float32 (T = bf16, P = float).
+// Positions have no parameters. Shapes: ids [N], table [V, D], out [N, D]. In bf16 precision out/dout are bf16
+// and table/dtable float32 (T = bf16, P = float).
+//
+// Every id must lie in [0, V): that is the caller's to ensure, with check_token_ids below (on the host, where
+// the ids come from, as the model and the decoder do; or on the device, which costs a synchronisation). The
+// CPU backend checks again and throws; the CUDA backend does not check (a check there would synchronise the
+// stream at every call), so an id outside [0, V) gives undefined results on a GPU.
 #include <cstdint>
 
 #include "kernels/ops/dispatch.hpp"
@@ -31,7 +35,6 @@ struct EmbedForward {
   float scale = 1.0f;  // sqrt(D) in the model
   bool add_positions = true;
   DropoutMask drop;    // p = 0: no dropout
-  bool ids_checked = false;  // the caller has checked every id on the host: CUDA skips its check and its sync
 };
 
 template <class T, class P = T>
@@ -43,20 +46,40 @@ struct EmbedBackward {
   int N = 0, D = 0, V = 0;
   float scale = 1.0f;
   DropoutMask drop;              // the forward's mask (p = 0: none)
-  bool ids_checked = false;      // as in EmbedForward
+};
+
+// Throws, naming `what`, the first bad index and its id, unless every ids[n] lies in [0, V). ids live on the
+// device d (CUDA: the check synchronises the stream).
+struct TokenIdCheck {
+  const int32_t* ids = nullptr;  // [N]
+  long N = 0;
+  int V = 0;
+  const char* what = "token";  // "source", "target input", ...: the error message's noun
 };
 
 namespace cpu {
+void check_token_ids(const TokenIdCheck& a);
 template <class T> void embed_forward(const EmbedForward<T>& a);
 template <class T> void embed_backward(const EmbedBackward<T>& a);
 }  // namespace cpu
 namespace cuda {
+void check_token_ids(const TokenIdCheck& a, Stream s);
 void embed_forward(const EmbedForward<float>& a, Stream s);
 void embed_backward(const EmbedBackward<float>& a, Stream s);
 void embed_forward(const EmbedForward<bf16, float>& a, Stream s);
 void embed_backward(const EmbedBackward<bf16, float>& a, Stream s);
 }  // namespace cuda
 
+inline void check_token_ids(Device d, const TokenIdCheck& a, Stream s = nullptr) {
+  const OpTimer timer("check_token_ids", d);
+  if (d == Device::CPU) return cpu::check_token_ids(a);
+#if AIAYN_HAVE_CUDA
+  cuda::check_token_ids(a, s);
+#else
+  (void)s;
+  no_cuda_backend("check_token_ids");
+#endif
+}
 template <class T, class P> void embed_forward(Device d, const EmbedForward<T, P>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_forward, d, a, s); }
 template <class T, class P> void embed_backward(Device d, const EmbedBackward<T, P>& a, Stream s = nullptr) { AIAYN_DISPATCH(embed_backward, d, a, s); }
 
