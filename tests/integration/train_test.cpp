@@ -531,6 +531,18 @@ TEST_F(Train, BadInputsNameTheKeyOrFile) {
   ASSERT_EQ(run_command(train(1, run, "--set train.max_steps=2"), tmp_ / "c.log"), 0);
   EXPECT_EQ(run_command(train(1, run, "--resume --set train.max_steps=4 --set model.d_ff=128"), tmp_ / "d.log"), 1);
   EXPECT_NE(read_file(tmp_ / "d.log").find("model.d_ff"), std::string::npos) << read_file(tmp_ / "d.log");
+  // so is a change of what the data cursor means (batch_tokens, seed): the checkpoint stays as it was
+  const std::string saved = latest(run), saved_bytes = read_file(saved);
+  for (const std::string key : {"train.batch_tokens=500", "train.seed=99"}) {
+    const std::string log = tmp_ / "cursor.log";
+    EXPECT_EQ(run_command(train(1, run, "--resume --set train.max_steps=4 --set train.max_tokens_per_rank=500 --set " + key),
+                          log), 1) << key;
+    const std::string name = key.substr(0, key.find('='));
+    EXPECT_NE(read_file(log).find("config key '" + name + "' differs from the checkpoint"), std::string::npos)
+        << read_file(log);
+    EXPECT_EQ(latest(run), saved);
+    EXPECT_EQ(read_file(saved), saved_bytes);
+  }
   // an error under mpirun is printed once and every rank exits
   EXPECT_EQ(run_command(train(2, tmp_ / "e", "--set train.warmup=0"), tmp_ / "e.log"), 1);
   EXPECT_NE(read_file(tmp_ / "e.log").find("train.warmup"), std::string::npos);

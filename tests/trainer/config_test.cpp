@@ -105,6 +105,31 @@ TEST(Config, AHeadTooWideForTheCudaAttentionIsRefusedOnCuda) {
   EXPECT_NO_THROW(check_model_fits_device(Config::parse("", "x", {"model.d_model=512", "model.heads=4"}), kernels::Device::CUDA));
 }
 
+// Every rule across keys refuses the config before any work, naming the key it blames.
+TEST(Config, EveryCrossKeyRuleNamesItsKey) {
+  const auto blamed = [](std::vector<std::string> sets) {
+    const std::string e = error_of([&] { Config::parse("", "f.yaml", sets); });
+    const auto from = e.find("config key '");
+    return from == std::string::npos ? "no error: " + e : e.substr(from + 12, e.find('\'', from + 12) - from - 12);
+  };
+  EXPECT_EQ(blamed({"model.d_model=64", "model.heads=3"}), "model.heads");
+  EXPECT_EQ(blamed({"model.d_model=63", "model.heads=7"}), "model.d_model");  // sinusoids pair channels
+  EXPECT_EQ(blamed({"train.batch_tokens=1000", "train.max_tokens_per_rank=1001"}), "train.max_tokens_per_rank");
+  EXPECT_EQ(blamed({"train.max_steps=0", "train.max_epochs=0", "train.max_minutes=0"}), "train.max_steps");
+  EXPECT_EQ(blamed({"checkpoint.best_metric=bleu"}), "checkpoint.best_metric");
+  EXPECT_EQ(blamed({"train.patience=2", "train.valid_every=0"}), "train.patience");
+  EXPECT_NO_THROW(Config::parse("", "f.yaml", {"train.max_steps=0", "train.max_minutes=5"}));
+  EXPECT_NO_THROW(Config::parse("", "f.yaml", {"train.batch_tokens=1000", "train.max_tokens_per_rank=1000"}));
+  // bf16 needs a GPU: an error when the config asked for the CPU, a fall-back to fp32 when device=auto found none
+  auto log = make_logger("config-test", false, "");
+  const std::string e = error_of([&] {
+    choose_bf16(Config::parse("", "x", {"device=cpu", "precision=bf16"}), kernels::Device::CPU, *log);
+  });
+  EXPECT_NE(e.find("config key 'precision'"), std::string::npos) << e;
+  EXPECT_FALSE(choose_bf16(Config::parse("", "x", {"device=auto", "precision=bf16"}), kernels::Device::CPU, *log));
+  EXPECT_TRUE(choose_bf16(Config::parse("", "x", {"device=auto", "precision=bf16"}), kernels::Device::CUDA, *log));
+}
+
 TEST(Config, ArchitectureDifferenceNamesTheKey) {
   const Config a = Config::parse("", "a");
   EXPECT_EQ(a.architecture_difference(Config::parse("", "b", {"train.max_steps=5"})), "");
