@@ -190,12 +190,10 @@ void validate(const Config& c, const std::string& origin) {
     fail("train.max_steps", "no stop condition: set max_steps, max_epochs or max_minutes");
   if (c.checkpoint.best_metric == "bleu" && c.train.valid_bleu_every == 0)
     fail("checkpoint.best_metric", "'bleu' needs validation BLEU (set train.valid_bleu_every > 0)");
-  if (c.train.patience > 0) {
-    if (c.best_metric() == "bleu" && c.train.valid_bleu_every == 0)
-      fail("train.patience", "counts validations of BLEU, but train.valid_bleu_every is 0 (no validation BLEU)");
-    if (c.best_metric() == "loss" && c.train.valid_every == 0)
-      fail("train.patience", "counts validations of the loss, but train.valid_every is 0 (no validation)");
-  }
+  // (BLEU is the best metric only with valid_bleu_every > 0: 'auto' picks it then, and 'bleu' without it was
+  // refused above; so patience can lack only validations of the loss.)
+  if (c.train.patience > 0 && c.best_metric() == "loss" && c.train.valid_every == 0)
+    fail("train.patience", "counts validations of the loss, but train.valid_every is 0 (no validation)");
 }
 
 }  // namespace
