@@ -20,6 +20,7 @@
 #include "aiayn/error.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "comm/communicator.hpp"
+#include "comm/gradient_communicator.hpp"
 #include "data/batch_planner.hpp"
 #include "data/prefetch.hpp"
 #include "data/corpus.hpp"
@@ -27,6 +28,7 @@
 #include "trainer/best_tracker.hpp"
 #include "trainer/checkpointer.hpp"
 #include "trainer/config.hpp"
+#include "trainer/fault_injection.hpp"
 #include "trainer/gradient_reducer.hpp"
 #include "trainer/model.hpp"
 #include "trainer/run_files.hpp"
@@ -100,20 +102,6 @@ void on_all_ranks(comm::Communicator& comm, F&& f) {
     err = e.what();
   }
   agree_on_errors(comm, err);
-}
-
-// Test-only fault injection: AIAYN_TEST_NAN_AT="rank:step[,rank:step...]" poisons that rank's gradient.
-bool inject_nan_here(int rank, int64_t step) {
-  const char* spec = std::getenv("AIAYN_TEST_NAN_AT");
-  if (!spec) return false;
-  std::stringstream ss(spec);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    int r = -1;
-    long long s = -1;
-    if (std::sscanf(item.c_str(), "%d:%lld", &r, &s) == 2 && r == rank && s == step) return true;
-  }
-  return false;
 }
 
 // Pairwise summation of per-shard gradients (a binary counter of partial sums): shards pushed in order
@@ -222,8 +210,10 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const bool leader = rank == 0;
   const fs::path run(opt.run_dir);
 
-  // ---- configuration and run directory ----
+  // ---- configuration, the environment's choices (gradient communicator, test faults), run directory ----
   Config cfg;
+  comm::GradientCommRequest grad_comm_request{};
+  FaultInjection faults;
   on_all_ranks(comm, [&] {
     if (opt.resume && opt.config_path.empty())
       cfg = Config::load((run / "config.yaml").string(), opt.overrides);
@@ -231,6 +221,8 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
       AIAYN_CHECK(!opt.config_path.empty(), "train: --config is required (or --resume with an existing run)");
       cfg = Config::load(opt.config_path, opt.overrides);
     }
+    grad_comm_request = comm::gradient_comm_request_from_env();
+    faults = FaultInjection::from_env();
   });
   comm.set_timeout(cfg.train.comm_timeout_s);  // every collective from here on has this deadline
   std::string setup_error;
@@ -292,19 +284,14 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     threads = setup_cpu_threads(cfg.train.threads, &comm);
   });
   check_ranks_at_startup(comm, device, gpu, cfg.train.comm_timeout_s, *log);
-  // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
-  // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL). NCCL needs
-  // the MPI session (its id travels by MPI_Bcast): a plain process, one rank, keeps the local communicator.
-  std::unique_ptr<comm::Communicator> nccl;
-  const char* grad_comm = std::getenv("AIAYN_GRADIENT_COMM");
-  const bool want_nccl = !(grad_comm && std::string(grad_comm) == "mpi");
+  // Gradients on GPUs travel by NCCL where it can run, else host-staged (see comm/gradient_communicator.hpp).
+  std::unique_ptr<comm::GradientCommunicator> grad_comm;
   on_all_ranks(comm, [&] {
-    if (device == k::Device::CUDA && comm.backend() == comm::Backend::MPI && want_nccl && comm::nccl_compiled())
-      nccl = comm::make_nccl_communicator(gpu, cfg.train.comm_timeout_s);
+    grad_comm = std::make_unique<comm::GradientCommunicator>(comm::make_gradient_communicator(
+        comm, device == k::Device::CUDA, gpu, cfg.train.comm_timeout_s, grad_comm_request));
   });
-  comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;
-  const bool stage_on_host = device == k::Device::CUDA && grad_comm_ref.backend() != comm::Backend::NCCL &&
-                             grad_comm_ref.size() > 1;
+  comm::Communicator& grad_comm_ref = grad_comm->comm();
+  const bool stage_on_host = grad_comm->host_staged();
   ModelSpec spec;
   spec.arch = cfg.model;
   spec.vocab = info.vocab_size;
@@ -320,7 +307,8 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   // state.step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
   // state.trainer.skipped_steps: steps skipped for non-finite values, so Adam's update count is step - skipped.
   Checkpointer checkpointer(run, cfg, model, adam_m, adam_v, train_data->fingerprint(),
-                            {{"tokenizer.model", tokenizer_bytes}, {"vocab.yaml", vocab_yaml(info)}}, world, leader, *log);
+                            {{"tokenizer.model", tokenizer_bytes}, {"vocab.yaml", vocab_yaml(info)}}, world, leader, *log,
+                            faults.fail_save_at);
   BestTracker best(cfg.best_metric(), cfg.train.patience);
   LoopState state;
   if (opt.resume) {
@@ -378,12 +366,13 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
   const int shards = static_cast<int>(((std::max<int64_t>(cfg.train.shards, world) + world - 1) / world) * world);
   const int shards_per_rank = shards / world, first_shard = rank * shards_per_rank;
   ShardSums shard_sums(device, n_params);
-  GradientReducer reducer(grad_comm_ref, device, model.grads(), n_params, bucket, stage_on_host);
+  GradientReducer reducer(grad_comm_ref, device, model.grads(), n_params, bucket, stage_on_host,
+                          faults.backward_failure_step(rank));
   // With one shard per rank the last backward pass of a step starts the all-reduce bucket by bucket as it
   // finishes them (on a GPU with NCCL, beside the rest of the pass); several shards are summed locally first.
-  // AIAYN_TEST_FORCE_OVERLAP (set: tests, the GPU check's nccl-1 with train.shards=1): the same with one rank,
-  // so that a NCCL communicator of one runs the side-stream path that two GPUs would.
-  const bool overlap = shards_per_rank == 1 && (grad_comm_ref.size() > 1 || std::getenv("AIAYN_TEST_FORCE_OVERLAP"));
+  // faults.force_overlap (tests, the GPU check's nccl-1 with train.shards=1): the same with one rank, so that a
+  // NCCL communicator of one runs the side-stream path that two GPUs would.
+  const bool overlap = shards_per_rank == 1 && (grad_comm_ref.size() > 1 || faults.force_overlap);
   bool poison_this_step = false, poisoned = false, logged_buckets = false;
   auto poison_grads = [&] {
     const float nan = std::nanf("");
@@ -446,7 +435,7 @@ int run_training(const TrainOptions& opt, comm::Communicator& comm) {
     int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
     try {
       reducer.begin_step();
-      poison_this_step = inject_nan_here(rank, this_step), poisoned = false;
+      poison_this_step = faults.poison_gradients(rank, this_step), poisoned = false;
       // This rank's share of the batch (read while the previous step computed, see BatchPrefetcher); then the
       // next batch's share starts reading while this one computes.
       std::vector<size_t> per_shard;
