@@ -1,5 +1,6 @@
-// The training loop (see train.hpp). Reads like the paper's section 5: batches, optimizer, schedule,
-// regularisation; around it the run directory, agreement between ranks, checkpoints and logs.
+// The training loop (see train.hpp). TrainingRun::train reads like the paper's section 5: for each global
+// batch one optimizer step (TrainStep, train_step.hpp), then the progress line, validation and checkpoints
+// as they fall due. Around it: the run directory, agreement between ranks on set-up errors, stop signals, logs.
 #include "trainer/train.hpp"
 
 #include <fmt/format.h>
