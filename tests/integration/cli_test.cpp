@@ -2,6 +2,7 @@
 // bench prints one JSON line with the documented fields.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -64,6 +65,24 @@ TEST(Cli, EvalNamesTheBadFile) {
   EXPECT_EQ(run_command(aiayn_exe() + " eval --checkpoint " + (tmp / "garbage.h5") + " --data " + (tmp / "garbage.h5"),
                         tmp / "f.log"), 1);
   EXPECT_NE(read_file(tmp / "f.log").find(tmp / "garbage.h5"), std::string::npos) << read_file(tmp / "f.log");
+}
+
+// An environment variable `aiayn train` reads (the gradient communicator, test fault injection) with a bad value
+// is one error line naming the variable, before anything is written.
+TEST(Cli, TrainRefusesABadEnvironmentValueBeforeAnyWork) {
+  TempDir tmp;
+  const std::string train = aiayn_exe() + " train --config " + source_dir() + "/launch/configs/tiny.yaml --data " +
+                            (tmp / "no-data") + " --run-dir " + (tmp / "run");
+  for (const std::string& setting : {"AIAYN_GRADIENT_COMM=gloo", "AIAYN_TEST_NAN_AT=1:x", "AIAYN_TEST_FAIL_SAVE_AT=5,",
+                                     "AIAYN_TEST_FORCE_OVERLAP=yes", "AIAYN_TEST_FAIL_IN_BACKWARD=0"}) {
+    const std::string name = setting.substr(0, setting.find('='));
+    const std::string log = tmp / (name + ".log");
+    EXPECT_EQ(run_command("env " + setting + " " + train, log), 1) << setting;
+    const std::string out = read_file(log);
+    EXPECT_NE(out.find("aiayn: error: " + name + "='"), std::string::npos) << out;
+    EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << out;  // one line
+    EXPECT_FALSE(std::filesystem::exists(tmp / "run")) << setting;
+  }
 }
 
 }  // namespace

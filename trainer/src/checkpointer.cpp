@@ -6,7 +6,6 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <sstream>
 
 #include "aiayn/error.hpp"
 
@@ -16,7 +15,8 @@ namespace k = aiayn::kernels;
 
 Checkpointer::Checkpointer(const fs::path& run_dir, const Config& cfg, Model<float>& model, k::DeviceArray<float>& adam_m,
                            k::DeviceArray<float>& adam_v, std::string corpus_fingerprint,
-                           std::map<std::string, std::string> extras, int world, bool leader, spdlog::logger& log)
+                           std::map<std::string, std::string> extras, int world, bool leader, spdlog::logger& log,
+                           std::vector<int64_t> fail_save_at)
     : run_(run_dir),
       dir_(run_dir / "checkpoints"),
       cfg_(cfg),
@@ -25,14 +25,10 @@ Checkpointer::Checkpointer(const fs::path& run_dir, const Config& cfg, Model<flo
       adam_v_(adam_v),
       fingerprint_(std::move(corpus_fingerprint)),
       extras_(std::move(extras)),
+      fail_save_at_(std::move(fail_save_at)),
       world_(world),
       leader_(leader),
-      log_(log) {
-  if (const char* spec = std::getenv("AIAYN_TEST_FAIL_SAVE_AT")) {
-    std::stringstream ss(spec);
-    for (std::string item; std::getline(ss, item, ',');) fail_save_at_.push_back(std::stoll(item));
-  }
-}
+      log_(log) {}
 
 LoopState Checkpointer::resume(const std::string& corpus_path) {
   const std::string path =

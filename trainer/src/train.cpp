@@ -1,38 +1,38 @@
-// The training loop (see train.hpp). Reads like the paper's section 5: batches, optimizer, schedule,
-// regularisation; around it the run directory, agreement between ranks, checkpoints and logs.
+// The training loop (see train.hpp). TrainingRun::train reads like the paper's section 5: for each global
+// batch one optimizer step (TrainStep, train_step.hpp), then the progress line, validation and checkpoints
+// as they fall due. Around it: the run directory, agreement between ranks on set-up errors, stop signals, logs.
 #include "trainer/train.hpp"
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <limits>
 #include <memory>
 #include <sstream>
 
 #include "aiayn/error.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "comm/communicator.hpp"
+#include "comm/gradient_communicator.hpp"
 #include "data/batch_planner.hpp"
-#include "data/prefetch.hpp"
 #include "data/corpus.hpp"
 #include "kernels/ops.hpp"
 #include "trainer/best_tracker.hpp"
 #include "trainer/checkpointer.hpp"
 #include "trainer/config.hpp"
-#include "trainer/gradient_reducer.hpp"
+#include "trainer/fault_injection.hpp"
 #include "trainer/model.hpp"
+#include "trainer/progress.hpp"
 #include "trainer/run_files.hpp"
 #include "trainer/runtime.hpp"
-#include "trainer/schedule.hpp"
 #include "trainer/tensorboard.hpp"
+#include "trainer/train_step.hpp"
 #include "trainer/validator.hpp"
 
 namespace aiayn::trainer {
@@ -102,85 +102,6 @@ void on_all_ranks(comm::Communicator& comm, F&& f) {
   agree_on_errors(comm, err);
 }
 
-// Test-only fault injection: AIAYN_TEST_NAN_AT="rank:step[,rank:step...]" poisons that rank's gradient.
-bool inject_nan_here(int rank, int64_t step) {
-  const char* spec = std::getenv("AIAYN_TEST_NAN_AT");
-  if (!spec) return false;
-  std::stringstream ss(spec);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
-    int r = -1;
-    long long s = -1;
-    if (std::sscanf(item.c_str(), "%d:%lld", &r, &s) == 2 && r == rank && s == step) return true;
-  }
-  return false;
-}
-
-// Pairwise summation of per-shard gradients (a binary counter of partial sums): shards pushed in order
-// combine as ((g0 + g1) + (g2 + g3)) + ..., the same tree whichever ranks hold them. With two ranks the
-// all-reduce makes the last addition, g_left + g_right, exactly as one rank does: the float results agree.
-class ShardSums {
- public:
-  ShardSums(k::Device device, size_t n) : device_(device), n_(n) {}
-
-  // Takes a copy of the next shard's gradient.
-  void push(const float* grads) {
-    auto cur = take();
-    k::device_copy(device_, cur->data(), device_, grads, n_ * sizeof(float));
-    int level = 0;
-    while (!stack_.empty() && stack_.back().level == level) {  // left (older) + right (newer)
-      float* left = stack_.back().buf->data();
-      k::add(device_, k::AddArgs<float>{left, cur->data(), left, n_});
-      free_.push_back(std::move(cur));
-      cur = std::move(stack_.back().buf);
-      stack_.pop_back();
-      ++level;
-    }
-    stack_.push_back({std::move(cur), level});
-  }
-
-  // Folds what is left, right to left, and writes the total to `grads`.
-  void finish(float* grads) {
-    for (size_t i = stack_.size(); i-- > 1;) {
-      float* left = stack_[i - 1].buf->data();
-      k::add(device_, k::AddArgs<float>{left, stack_[i].buf->data(), left, n_});
-    }
-    if (!stack_.empty()) k::device_copy(device_, grads, device_, stack_.front().buf->data(), n_ * sizeof(float));
-    for (auto& e : stack_) free_.push_back(std::move(e.buf));
-    stack_.clear();
-  }
-
- private:
-  struct Entry {
-    std::unique_ptr<k::DeviceArray<float>> buf;
-    int level;
-  };
-  std::unique_ptr<k::DeviceArray<float>> take() {
-    if (free_.empty()) return std::make_unique<k::DeviceArray<float>>(device_, n_);
-    auto b = std::move(free_.back());
-    free_.pop_back();
-    return b;
-  }
-  k::Device device_;
-  size_t n_;
-  std::vector<Entry> stack_;
-  std::vector<std::unique_ptr<k::DeviceArray<float>>> free_;
-};
-
-struct StepTotals {  // summed over ranks and micro-batches
-  double loss = 0, nll = 0;
-  int64_t tokens = 0, correct = 0;
-};
-
-// "45s", "3m12s", "2h05m" for the progress line's ETA.
-std::string format_duration(double seconds) {
-  if (!std::isfinite(seconds) || seconds < 0) return "-";
-  const auto s = static_cast<int64_t>(seconds + 0.5);
-  if (s < 60) return fmt::format("{}s", s);
-  if (s < 3600) return fmt::format("{}m{:02d}s", s / 60, s % 60);
-  return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
-}
-
 // Rank 0's outputs beside the log: metrics.jsonl and TensorBoard, fed the same lines. A TensorBoard write that
 // fails (a full disk) is reported once and TensorBoard is left behind; training goes on.
 class RunOutputs {
@@ -215,438 +136,447 @@ class RunOutputs {
   spdlog::logger& log_;
 };
 
-}  // namespace
+// One training run: what it sets up (the constructor), where it starts (resume_or_initialize) and its loop
+// (train). The parts with rules of their own live in their own files: the step (TrainStep), checkpoints
+// (Checkpointer), validation (Validator), the best record (BestTracker), the gradient communicator
+// (comm/gradient_communicator.hpp), test faults (FaultInjection).
+class TrainingRun {
+ public:
+  TrainingRun(const TrainOptions& opt, comm::Communicator& comm);
+  // The state of the last checkpoint (--resume), or fresh weights.
+  void resume_or_initialize();
+  // Steps until a stop condition; returns the exit status (0, or kExitStoppedBySignal).
+  int train();
 
-int run_training(const TrainOptions& opt, comm::Communicator& comm) {
-  const int rank = comm.rank(), world = comm.size();
-  const bool leader = rank == 0;
-  const fs::path run(opt.run_dir);
+ private:
+  void set_up_run_directory();
+  void open_data();
+  void choose_device_and_communicators();
+  void build_model();
+  void start_loop();
+  bool next_batch();
+  StepOutcome train_step();
+  void count_skipped_step(const StepOutcome& out);
+  void log_progress(const StepOutcome& out);
+  void validate_if_due();
+  void checkpoint_if_due(bool stopping);
+  bool stop_now(const StepOutcome& out);
+  int finish();
 
-  // ---- configuration and run directory ----
-  Config cfg;
-  on_all_ranks(comm, [&] {
-    if (opt.resume && opt.config_path.empty())
-      cfg = Config::load((run / "config.yaml").string(), opt.overrides);
+  LoopState loop_state() const;  // what a checkpoint saves: the cursor and the loop's own state
+  std::string best_text() const;
+  std::string eta(double seconds_per_step) const;
+  double elapsed_s() const { return std::chrono::duration<double>(Clock::now() - t_start_).count(); }
+
+  const TrainOptions& opt_;
+  comm::Communicator& comm_;
+  const int rank_, world_;
+  const bool leader_;
+  const fs::path run_;
+  // set up
+  Config cfg_;
+  comm::GradientCommRequest grad_comm_request_{};
+  FaultInjection faults_;
+  std::shared_ptr<spdlog::logger> log_;
+  fs::path train_path_;
+  std::unique_ptr<data::CorpusReader> train_data_;
+  std::string tokenizer_bytes_;
+  std::unique_ptr<Validator> validator_;
+  k::Device device_ = k::Device::CPU;
+  bool bf16_ = false;
+  int threads_ = 0, gpu_ = 0;
+  std::unique_ptr<comm::GradientCommunicator> grad_comm_;
+  std::unique_ptr<Model<float>> model_;
+  k::DeviceArray<float> adam_m_, adam_v_;
+  std::unique_ptr<Checkpointer> checkpointer_;
+  std::unique_ptr<BestTracker> best_;
+  // the loop
+  // state_.step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
+  // state_.trainer.skipped_steps: steps skipped for non-finite values, so Adam's update count is step - skipped.
+  LoopState state_;
+  std::unique_ptr<RunOutputs> outputs_;
+  std::unique_ptr<StopSignals> signals_;
+  Clock::time_point t_start_, last_save_, last_log_;
+  int64_t saved_step_ = -1;
+  int64_t consecutive_skips_ = 0;
+  StepTotals interval_;  // since the last progress line
+  int64_t interval_steps_ = 0;
+  double last_bleu_ = std::nan("");
+  bool bleu_signature_written_ = false, early_stop_ = false;
+  data::BatchPlan plan_;
+  int exit_status_ = 0;
+  std::unique_ptr<TrainStep> train_step_;
+};
+
+TrainingRun::TrainingRun(const TrainOptions& opt, comm::Communicator& comm)
+    : opt_(opt), comm_(comm), rank_(comm.rank()), world_(comm.size()), leader_(rank_ == 0), run_(opt.run_dir) {
+  set_up_run_directory();
+  open_data();
+  choose_device_and_communicators();
+  build_model();
+}
+
+// The configuration, the environment's choices (gradient communicator, test faults; a bad value is an error
+// before anything is written), the run directory and the logs.
+void TrainingRun::set_up_run_directory() {
+  on_all_ranks(comm_, [&] {
+    if (opt_.resume && opt_.config_path.empty())
+      cfg_ = Config::load((run_ / "config.yaml").string(), opt_.overrides);
     else {
-      AIAYN_CHECK(!opt.config_path.empty(), "train: --config is required (or --resume with an existing run)");
-      cfg = Config::load(opt.config_path, opt.overrides);
+      AIAYN_CHECK(!opt_.config_path.empty(), "train: --config is required (or --resume with an existing run)");
+      cfg_ = Config::load(opt_.config_path, opt_.overrides);
     }
+    grad_comm_request_ = comm::gradient_comm_request_from_env();
+    faults_ = FaultInjection::from_env();
   });
-  comm.set_timeout(cfg.train.comm_timeout_s);  // every collective from here on has this deadline
+  comm_.set_timeout(cfg_.train.comm_timeout_s);  // every collective from here on has this deadline
   std::string setup_error;
-  if (leader) {
+  if (leader_) {
     try {
-      if (opt.resume)
-        check_resumable_run_dir(run);
+      if (opt_.resume)
+        check_resumable_run_dir(run_);
       else
-        create_fresh_run_dir(run);
-      write_text_atomically(run / "config.yaml", cfg.to_yaml());
+        create_fresh_run_dir(run_);
+      write_text_atomically(run_ / "config.yaml", cfg_.to_yaml());
     } catch (const std::exception& e) {
       setup_error = e.what();
     }
   }
-  agree_on_errors(comm, setup_error);
-  std::shared_ptr<spdlog::logger> log;
-  on_all_ranks(comm, [&] {
-    fs::create_directories(run / "log");
-    log = make_logger(fmt::format("rank-{}", rank), leader, (run / "log" / fmt::format("rank-{}.log", rank)).string());
+  agree_on_errors(comm_, setup_error);
+  on_all_ranks(comm_, [&] {
+    fs::create_directories(run_ / "log");
+    log_ = make_logger(fmt::format("rank-{}", rank_), leader_, (run_ / "log" / fmt::format("rank-{}.log", rank_)).string());
   });
+}
 
-  // ---- data: the training corpus, its tokenizer (checkpoints carry it), the validation set ----
-  const fs::path train_path = fs::path(opt.data_dir) / "train.h5";
-  std::unique_ptr<data::CorpusReader> train_data;
-  std::string tokenizer_bytes;
-  std::unique_ptr<Validator> validator;
-  on_all_ranks(comm, [&] {
-    AIAYN_CHECK(fs::exists(train_path), fmt::format("{}: no such file (prepare the data with `aiayn prepare`)", train_path.string()));
-    train_data = std::make_unique<data::CorpusReader>(train_path.string());
-    const fs::path tok = fs::path(opt.data_dir) / "tokenizer.model";
+// The training corpus, its tokenizer (checkpoints carry it), the validation set.
+void TrainingRun::open_data() {
+  train_path_ = fs::path(opt_.data_dir) / "train.h5";
+  on_all_ranks(comm_, [&] {
+    AIAYN_CHECK(fs::exists(train_path_), fmt::format("{}: no such file (prepare the data with `aiayn prepare`)", train_path_.string()));
+    train_data_ = std::make_unique<data::CorpusReader>(train_path_.string());
+    const fs::path tok = fs::path(opt_.data_dir) / "tokenizer.model";
     std::ifstream in(tok, std::ios::binary);
     AIAYN_CHECK(in.good(), fmt::format("{}: cannot read the tokenizer model (checkpoints carry it)", tok.string()));
     std::stringstream ss;
     ss << in.rdbuf();
-    tokenizer_bytes = ss.str();
-    validator = std::make_unique<Validator>(cfg, opt.data_dir, tokenizer_bytes);
+    tokenizer_bytes_ = ss.str();
+    validator_ = std::make_unique<Validator>(cfg_, opt_.data_dir, tokenizer_bytes_);
   });
-  for (const data::CorpusReader* corpus : {static_cast<const data::CorpusReader*>(train_data.get()), validator->corpus()}) {
+  for (const data::CorpusReader* corpus : {static_cast<const data::CorpusReader*>(train_data_.get()), validator_->corpus()}) {
     if (!corpus) continue;
     const data::CorpusInfo& ci = corpus->info();
-    log->info("{}: {} pairs, {} + {} tokens checked in {:.2f} s (ids, offsets, EOS{})", ci.path, ci.pairs,
-              ci.src_tokens, ci.tgt_tokens, ci.check_seconds, ci.has_checksum ? ", checksums" : "");
+    log_->info("{}: {} pairs, {} + {} tokens checked in {:.2f} s (ids, offsets, EOS{})", ci.path, ci.pairs,
+               ci.src_tokens, ci.tgt_tokens, ci.check_seconds, ci.has_checksum ? ", checksums" : "");
     if (!ci.has_checksum)
-      log->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
-                "detected; run `aiayn prepare` again to add them", ci.path);
+      log_->warn("{}: no token checksums (prepared by an older aiayn): damage that keeps ids in range cannot be "
+                 "detected; run `aiayn prepare` again to add them", ci.path);
   }
-  const data::CorpusInfo& info = train_data->info();
-  const auto& src_len = train_data->src_lengths();
-  const auto& tgt_len = train_data->tgt_lengths();
+}
 
-  // ---- device, threads, model ----
-  k::Device device = k::Device::CPU;
-  bool bf16 = false;
-  int threads = 0, gpu = 0;
-  on_all_ranks(comm, [&] {
-    device = choose_device(cfg.device, comm.local_rank(), *log, &gpu);
-    bf16 = choose_bf16(cfg, device, *log);
-    check_model_fits_device(cfg, device);
-    threads = setup_cpu_threads(cfg.train.threads, &comm);
+void TrainingRun::choose_device_and_communicators() {
+  on_all_ranks(comm_, [&] {
+    device_ = choose_device(cfg_.device, comm_.local_rank(), *log_, &gpu_);
+    bf16_ = choose_bf16(cfg_, device_, *log_);
+    check_model_fits_device(cfg_, device_);
+    threads_ = setup_cpu_threads(cfg_.train.threads, &comm_);
   });
-  check_ranks_at_startup(comm, device, gpu, cfg.train.comm_timeout_s, *log);
-  // Gradients on GPUs travel by NCCL (device buffers); AIAYN_GRADIENT_COMM=mpi keeps them on the MPI
-  // communicator, staged through host memory (one GPU per node tests, or a machine without NCCL). NCCL needs
-  // the MPI session (its id travels by MPI_Bcast): a plain process, one rank, keeps the local communicator.
-  std::unique_ptr<comm::Communicator> nccl;
-  const char* grad_comm = std::getenv("AIAYN_GRADIENT_COMM");
-  const bool want_nccl = !(grad_comm && std::string(grad_comm) == "mpi");
-  on_all_ranks(comm, [&] {
-    if (device == k::Device::CUDA && comm.backend() == comm::Backend::MPI && want_nccl && comm::nccl_compiled())
-      nccl = comm::make_nccl_communicator(gpu, cfg.train.comm_timeout_s);
+  check_ranks_at_startup(comm_, device_, gpu_, cfg_.train.comm_timeout_s, *log_);
+  // Gradients on GPUs travel by NCCL where it can run, else host-staged (see comm/gradient_communicator.hpp).
+  on_all_ranks(comm_, [&] {
+    grad_comm_ = std::make_unique<comm::GradientCommunicator>(comm::make_gradient_communicator(
+        comm_, device_ == k::Device::CUDA, gpu_, cfg_.train.comm_timeout_s, grad_comm_request_));
   });
-  comm::Communicator& grad_comm_ref = nccl ? *nccl : comm;
-  const bool stage_on_host = device == k::Device::CUDA && grad_comm_ref.backend() != comm::Backend::NCCL &&
-                             grad_comm_ref.size() > 1;
+}
+
+// The model, Adam's moments, the checkpointer and the best record.
+void TrainingRun::build_model() {
+  const data::CorpusInfo& info = train_data_->info();
   ModelSpec spec;
-  spec.arch = cfg.model;
+  spec.arch = cfg_.model;
   spec.vocab = info.vocab_size;
   spec.pad_id = info.pad_id;
   spec.bos_id = info.bos_id;
   spec.eos_id = info.eos_id;
-  spec.bf16 = bf16;
-  Model<float> model(spec, device);
-  const size_t n_params = model.num_params();
-  k::DeviceArray<float> adam_m(device, n_params), adam_v(device, n_params);
+  spec.bf16 = bf16_;
+  model_ = std::make_unique<Model<float>>(spec, device_);
+  const size_t n_params = model_->num_params();
+  adam_m_ = k::DeviceArray<float>(device_, n_params);
+  adam_v_ = k::DeviceArray<float>(device_, n_params);
+  checkpointer_ = std::make_unique<Checkpointer>(
+      run_, cfg_, *model_, adam_m_, adam_v_, train_data_->fingerprint(),
+      std::map<std::string, std::string>{{"tokenizer.model", tokenizer_bytes_}, {"vocab.yaml", vocab_yaml(info)}},
+      world_, leader_, *log_, faults_.fail_save_at);
+  best_ = std::make_unique<BestTracker>(cfg_.best_metric(), cfg_.train.patience);
+}
 
-  // ---- a fresh start or the state of the last checkpoint ----
-  // state.step: optimizer steps taken, skipped ones included (the data cursor moves on either way);
-  // state.trainer.skipped_steps: steps skipped for non-finite values, so Adam's update count is step - skipped.
-  Checkpointer checkpointer(run, cfg, model, adam_m, adam_v, train_data->fingerprint(),
-                            {{"tokenizer.model", tokenizer_bytes}, {"vocab.yaml", vocab_yaml(info)}}, world, leader, *log);
-  BestTracker best(cfg.best_metric(), cfg.train.patience);
-  LoopState state;
-  if (opt.resume) {
-    on_all_ranks(comm, [&] { state = checkpointer.resume(train_path.string()); });
-    if (!best.restore(state.trainer))
-      log->warn("checkpoint.best_metric is now {} (was {}): the best checkpoint is chosen afresh", best.metric(),
-                state.trainer.best_metric);
-    // best.h5 must exist and verify for the record to stand; rank 0 looks, every rank hears.
-    int64_t best_file_lost[1] = {0};
-    if (leader) {
-      checkpointer.set_aside_after_resume(state.step);
-      best_file_lost[0] = best.has_best() && cfg.checkpoint.keep_best && !checkpointer.best_file_is_sound();
-    }
-    comm.all_reduce_max_host(best_file_lost, 1);
-    if (best_file_lost[0]) best.forget();
-  } else {
-    model.initialize(static_cast<uint64_t>(cfg.train.seed));
+void TrainingRun::resume_or_initialize() {
+  if (!opt_.resume) {
+    model_->initialize(static_cast<uint64_t>(cfg_.train.seed));
+    return;
   }
-  // What a checkpoint saves: the cursor and the loop's own state.
-  const auto loop_state = [&] {
-    LoopState s = state;
-    best.save_to(&s.trainer);
-    return s;
-  };
+  on_all_ranks(comm_, [&] { state_ = checkpointer_->resume(train_path_.string()); });
+  if (!best_->restore(state_.trainer))
+    log_->warn("checkpoint.best_metric is now {} (was {}): the best checkpoint is chosen afresh", best_->metric(),
+               state_.trainer.best_metric);
+  // best.h5 must exist and verify for the record to stand; rank 0 looks, every rank hears.
+  int64_t best_file_lost[1] = {0};
+  if (leader_) {
+    checkpointer_->set_aside_after_resume(state_.step);
+    best_file_lost[0] = best_->has_best() && cfg_.checkpoint.keep_best && !checkpointer_->best_file_is_sound();
+  }
+  comm_.all_reduce_max_host(best_file_lost, 1);
+  if (best_file_lost[0]) best_->forget();
+}
 
-  log->info("aiayn train: {} rank(s), device {}, gradients by {}{}, {} thread(s) per rank ({}), {} parameters", world,
-            k::device_name(device), comm::backend_name(grad_comm_ref.backend()), stage_on_host ? " (host-staged)" : "",
-            threads, k::cpu_backend_description(), n_params);
-  log->info("corpus {}: {} pairs, vocabulary {}", train_path.string(), info.pairs, info.vocab_size);
+// The paper's section 5 in a loop: each step a global batch, the step itself, then the progress line,
+// validation and checkpoints as they fall due, until a stop condition.
+int TrainingRun::train() {
+  start_loop();
+  while (next_batch()) {
+    const StepOutcome out = train_step();
+    if (out.skipped)
+      count_skipped_step(out);
+    else {
+      consecutive_skips_ = 0;
+      log_progress(out);
+      validate_if_due();
+    }
+    checkpoint_if_due(out.stop_signal);
+    if (stop_now(out)) break;
+  }
+  return finish();
+}
 
-  std::unique_ptr<RunOutputs> outputs;
-  on_all_ranks(comm, [&] {
-    if (leader && opt.resume) drop_metrics_after(run / "metrics.jsonl", state.step);
-    outputs = std::make_unique<RunOutputs>(run, leader, opt.resume ? state.step : -1, *log);
+void TrainingRun::start_loop() {
+  log_->info("aiayn train: {} rank(s), device {}, gradients by {}{}, {} thread(s) per rank ({}), {} parameters", world_,
+             k::device_name(device_), comm::backend_name(grad_comm_->comm().backend()),
+             grad_comm_->host_staged() ? " (host-staged)" : "", threads_, k::cpu_backend_description(),
+             model_->num_params());
+  log_->info("corpus {}: {} pairs, vocabulary {}", train_path_.string(), train_data_->info().pairs,
+             train_data_->info().vocab_size);
+  on_all_ranks(comm_, [&] {
+    if (leader_ && opt_.resume) drop_metrics_after(run_ / "metrics.jsonl", state_.step);
+    outputs_ = std::make_unique<RunOutputs>(run_, leader_, opt_.resume ? state_.step : -1, *log_);
   });
-  StopSignals signals;
-  const auto t_start = Clock::now();
-  auto last_save = Clock::now();
-  auto last_log = Clock::now();
-  int64_t saved_step = opt.resume ? state.step : -1;
-  int64_t consecutive_skips = 0;
-  StepTotals interval;
-  int64_t interval_tgt = 0, interval_steps = 0;
-  double last_bleu = std::nan("");
-  bool bleu_signature_written = false, early_stop = false;
-  const size_t bucket = std::max<size_t>(1, static_cast<size_t>(cfg.train.bucket_mb * (1 << 20) / sizeof(float)));
-  data::BatchPlan plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), state.epoch,
-                                                cfg.train.batch_tokens);
-  int exit_status = 0;
-  const double minutes_limit = cfg.train.max_minutes;
-  // Each global batch is cut into `shards` shares the same way whatever the number of ranks (train.shards,
-  // rounded up to a multiple of the ranks); rank r computes shares [r * per_rank, (r + 1) * per_rank), each
-  // on its own, summed pairwise (ShardSums). One rank and train.shards ranks then add the same numbers in the
-  // same order: their steps agree bit for bit, not just up to summation order.
-  const int shards = static_cast<int>(((std::max<int64_t>(cfg.train.shards, world) + world - 1) / world) * world);
-  const int shards_per_rank = shards / world, first_shard = rank * shards_per_rank;
-  ShardSums shard_sums(device, n_params);
-  GradientReducer reducer(grad_comm_ref, device, model.grads(), n_params, bucket, stage_on_host);
-  // With one shard per rank the last backward pass of a step starts the all-reduce bucket by bucket as it
-  // finishes them (on a GPU with NCCL, beside the rest of the pass); several shards are summed locally first.
-  // AIAYN_TEST_FORCE_OVERLAP (set: tests, the GPU check's nccl-1 with train.shards=1): the same with one rank,
-  // so that a NCCL communicator of one runs the side-stream path that two GPUs would.
-  const bool overlap = shards_per_rank == 1 && (grad_comm_ref.size() > 1 || std::getenv("AIAYN_TEST_FORCE_OVERLAP"));
-  bool poison_this_step = false, poisoned = false, logged_buckets = false;
-  auto poison_grads = [&] {
-    const float nan = std::nanf("");
-    k::device_copy(device, model.grads(), k::Device::CPU, &nan, sizeof(float));
-    poisoned = true;
-  };
-  const Model<float>::GradsReady on_grads_ready = [&](size_t begin, size_t end) {
-    if (poison_this_step && begin == 0) poison_grads();  // test-only, as if the backward pass produced it
-    reducer.ready(begin, end);
-  };
-  // The time still to go, from the last interval's seconds per step, for the nearest stop condition.
-  const auto eta = [&](double secs_per_step) {
-    double left = std::numeric_limits<double>::infinity();
-    if (cfg.train.max_steps > 0) left = static_cast<double>(cfg.train.max_steps - state.step) * secs_per_step;
-    if (cfg.train.max_epochs > 0)
-      left = std::min(left, static_cast<double>((cfg.train.max_epochs - state.epoch) * static_cast<int64_t>(plan.size()) -
-                                                state.batch_in_epoch) * secs_per_step);
-    if (minutes_limit > 0)
-      left = std::min(left, minutes_limit * 60.0 - std::chrono::duration<double>(Clock::now() - t_start).count());
-    return format_duration(std::max(0.0, left));
-  };
-  const auto best_text = [&] {
-    if (!best.has_best()) return std::string();
-    return best.metric() == "bleu" ? fmt::format("best {:.2f} @ {}", best.best_score(), best.best_step())
-                                   : fmt::format("best valid loss {:.4f} @ {}", best.best_score(), best.best_step());
-  };
+  signals_ = std::make_unique<StopSignals>();
+  t_start_ = last_save_ = last_log_ = Clock::now();
+  saved_step_ = opt_.resume ? state_.step : -1;
+  plan_ = data::BatchPlan::build(train_data_->src_lengths(), train_data_->tgt_lengths(),
+                                 static_cast<uint64_t>(cfg_.train.seed), state_.epoch, cfg_.train.batch_tokens);
+  train_step_ = std::make_unique<TrainStep>(cfg_, *train_data_, *model_, adam_m_, adam_v_, comm_, *grad_comm_, faults_,
+                                            *log_);
+}
 
-  // This rank's micro-batches of a global batch, shard by shard (per_shard: how many each shard has).
-  const auto rank_share = [&](const data::GlobalBatch& g, std::vector<size_t>* per_shard) {
-    data::BatchPrefetcher::Lists lists;
-    for (int v = first_shard; v < first_shard + shards_per_rank; ++v) {
-      auto mbs = data::split_for_rank(g, src_len, tgt_len, v, shards, cfg.train.max_tokens_per_rank);
-      if (per_shard) per_shard->push_back(mbs.size());
-      for (auto& mb : mbs) lists.push_back(std::move(mb));
-    }
-    return lists;
-  };
-  data::BatchPrefetcher prefetcher(*train_data);
-
+// Stop conditions that need no agreement (the same on every rank): max_steps, max_epochs. Moves on to the next
+// epoch (its own batch order) where this one is done.
+bool TrainingRun::next_batch() {
   while (true) {
-    // ---- stop conditions that need no agreement (same on every rank) ----
-    if (cfg.train.max_steps > 0 && state.step >= cfg.train.max_steps) break;
-    if (state.batch_in_epoch >= static_cast<int64_t>(plan.size())) {
-      ++state.epoch;
-      state.batch_in_epoch = 0;
-      if (cfg.train.max_epochs > 0 && state.epoch >= cfg.train.max_epochs) break;
-      plan = data::BatchPlan::build(src_len, tgt_len, static_cast<uint64_t>(cfg.train.seed), state.epoch,
-                                    cfg.train.batch_tokens);
-      continue;
-    }
-    const data::GlobalBatch& gb = plan.batch(static_cast<size_t>(state.batch_in_epoch));
-    const int64_t this_step = state.step + 1;
-
-    // ---- forward, loss, backward over this rank's share ----
-    model.zero_grads();
-    StepTotals local;
-    const float grad_scale = 1.0f / static_cast<float>(std::max<int64_t>(1, gb.tgt_tokens));
-    const DropoutContext dropout{true, static_cast<uint64_t>(cfg.train.seed), static_cast<uint64_t>(this_step)};
-    double sums[2] = {0, 0}, gnorm = 0;
-    int64_t counts[2] = {0, 0}, flags[3] = {0, 0, 0};
-    try {
-      reducer.begin_step();
-      poison_this_step = inject_nan_here(rank, this_step), poisoned = false;
-      // This rank's share of the batch (read while the previous step computed, see BatchPrefetcher); then the
-      // next batch's share starts reading while this one computes.
-      std::vector<size_t> per_shard;
-      const data::BatchPrefetcher::Lists lists = rank_share(gb, &per_shard);
-      std::vector<std::vector<data::Pair>> pairs = prefetcher.take({state.epoch, state.batch_in_epoch}, lists);
-      if (state.batch_in_epoch + 1 < static_cast<int64_t>(plan.size()))
-        prefetcher.start({state.epoch, state.batch_in_epoch + 1},
-                         rank_share(plan.batch(static_cast<size_t>(state.batch_in_epoch + 1)), nullptr));
-      // This rank's shards, each computed on its own and combined pairwise (see ShardSums).
-      for (int v = first_shard, list = 0; v < first_shard + shards_per_rank; ++v) {
-        if (v > first_shard) model.zero_grads();
-        const size_t n_micro = per_shard[static_cast<size_t>(v - first_shard)];
-        for (size_t i = 0; i < n_micro; ++i, ++list) {
-          const Batch b = make_batch(std::move(pairs[static_cast<size_t>(list)]), lists[static_cast<size_t>(list)],
-                                     info.pad_id, info.bos_id);
-          const bool last = i + 1 == n_micro;
-          const auto st = model.forward_backward(b, dropout, grad_scale, overlap && last ? &on_grads_ready : nullptr);
-          local.loss += st.loss, local.nll += st.nll, local.tokens += st.tokens, local.correct += st.correct;
-        }
-        if (shards_per_rank > 1) shard_sums.push(model.grads());
-      }
-      if (shards_per_rank > 1) shard_sums.finish(model.grads());
-      prefetcher.wait();  // no HDF5 call (validation, checkpoint) may run beside the read
-      if (poison_this_step && !poisoned) poison_grads();
-
-      // ---- all-reduce gradients (what the backward pass has not started yet), agree on statistics and faults ----
-      reducer.finish();
-      if (!logged_buckets) {
-        log->info("gradient all-reduce: {} bucket(s) of up to {} floats, {} started during the backward pass",
-                  reducer.buckets(), bucket, reducer.started_early());
-        logged_buckets = true;
-      }
-      sums[0] = local.loss, sums[1] = local.nll;
-      counts[0] = local.tokens, counts[1] = local.correct;
-      comm.all_reduce_sum_host(sums, 2);
-      comm.all_reduce_sum_host(counts, 2);
-      gnorm = std::sqrt(k::sum_squares(device, k::SumSquaresArgs<float>{model.grads(), n_params}));
-      const bool time_up = minutes_limit > 0 &&
-                           std::chrono::duration<double>(Clock::now() - t_start).count() >= minutes_limit * 60.0;
-      flags[0] = (!std::isfinite(sums[0]) || !std::isfinite(gnorm)) ? 1 : 0;
-      flags[1] = g_stop_signal != 0 ? 1 : 0;
-      flags[2] = time_up ? 1 : 0;
-      comm.all_reduce_max_host(flags, 3);
-    } catch (const Error& e) {
-      try {
-        prefetcher.wait();  // nothing may read HDF5 beside whatever handles this error
-      } catch (...) {
-      }
-      throw Error(fmt::format("step {}: {}", this_step, e.what()));
-    }
-    ++state.batch_in_epoch;
-    state.step = this_step;
-    const int64_t step = this_step;
-
-    if (flags[0]) {
-      ++state.trainer.skipped_steps;
-      ++consecutive_skips;
-      log->warn("step {}: non-finite loss or gradient on some rank; skipping the step ({} in a row, {} in all)",
-                step, consecutive_skips, state.trainer.skipped_steps);
-      outputs->write({{"step", step}, {"epoch", state.epoch}, {"loss", nullptr}, {"nll", nullptr}, {"lr", 0.0},
-                      {"gnorm", nullptr}, {"tgt_tokens", counts[0]}, {"tok_s", 0.0}, {"skipped", state.trainer.skipped_steps},
-                      {"elapsed_s", std::chrono::duration<double>(Clock::now() - t_start).count()}});
-      AIAYN_CHECK(consecutive_skips < cfg.train.max_consecutive_skips,
-                  fmt::format("step {}: {} consecutive steps had non-finite losses or gradients "
-                              "(train.max_consecutive_skips = {}); stopping", step, consecutive_skips,
-                              cfg.train.max_consecutive_skips));
-    } else {
-      consecutive_skips = 0;
-      const int64_t updates = step - state.trainer.skipped_steps;  // Adam's t, 1-based
-      // ---- optional clipping (off in the paper), Adam with the warmup schedule ----
-      float clip_scale = 1.0f;
-      if (cfg.train.clip_norm > 0 && gnorm > cfg.train.clip_norm) clip_scale = static_cast<float>(cfg.train.clip_norm / gnorm);
-      const auto adam = adam_update(cfg, updates, model.params(), model.grads(), adam_m.data(), adam_v.data(),
-                                    n_params, clip_scale, model.params_bf16());
-      const double lr = learning_rate(updates, cfg.model.d_model, cfg.train.warmup, cfg.train.lr_scale);
-      k::adam(device, adam);
-
-      // ---- the progress line and metrics ----
-      interval.loss += sums[0], interval.nll += sums[1], interval.tokens += counts[0], interval.correct += counts[1];
-      interval_tgt += counts[0];
-      ++interval_steps;
-      if (step % cfg.train.log_every == 0 || step == cfg.train.max_steps) {
-        const double secs = std::chrono::duration<double>(Clock::now() - last_log).count();
-        const double elapsed = std::chrono::duration<double>(Clock::now() - t_start).count();
-        const double tok_s = secs > 0 ? static_cast<double>(interval_tgt) / secs : 0.0;
-        const double loss = interval.loss / std::max<int64_t>(1, interval.tokens);
-        const double nll = interval.nll / std::max<int64_t>(1, interval.tokens);
-        std::string line = cfg.train.max_steps > 0 ? fmt::format("step {}/{}", step, cfg.train.max_steps)
-                                                   : fmt::format("step {}", step);
-        line += fmt::format(" | epoch {} | loss {:.4f} | lr {:.3e} | {:.0f} tgt tok/s | eta {}", state.epoch, loss, lr,
-                            tok_s, eta(secs / static_cast<double>(interval_steps)));
-        if (std::isfinite(last_bleu)) line += fmt::format(" | bleu {:.2f}", last_bleu);
-        if (best.has_best()) line += fmt::format(" ({})", best_text());
-        line += fmt::format(" | nll {:.4f} | gnorm {:.3f} | elapsed {}", nll, gnorm, format_duration(elapsed));
-        log->info("{}", line);
-        outputs->write({{"step", step}, {"epoch", state.epoch}, {"loss", loss}, {"nll", nll}, {"lr", lr},
-                        {"gnorm", gnorm}, {"tgt_tokens", counts[0]}, {"tok_s", tok_s},
-                        {"skipped", state.trainer.skipped_steps}, {"elapsed_s", elapsed}});
-        interval = StepTotals{};
-        interval_tgt = 0;
-        interval_steps = 0;
-        last_log = Clock::now();
-      }
-
-      // ---- validation: loss, BLEU, the best checkpoint and early stopping ----
-      const bool valid_loss = validator->loss_due(step), valid_bleu = validator->bleu_due(step);
-      if (valid_loss || valid_bleu) {
-        nlohmann::ordered_json line{{"step", step}};
-        std::string text = fmt::format("step {} | valid", step);
-        double score = std::nan("");
-        try {
-          if (valid_loss) {
-            const LossEvaluation v = validator->loss(model, comm);
-            line["valid_loss"] = v.loss, line["valid_ppl"] = v.ppl, line["valid_acc"] = v.acc;
-            text += fmt::format(" loss {:.4f} | ppl {:.2f} | acc {:.4f}", v.loss, v.ppl, v.acc);
-            if (best.metric() == "loss") score = v.loss;
-          }
-          if (valid_bleu) {
-            const BleuEvaluation b = validator->bleu(model, comm);
-            last_bleu = b.bleu.score;
-            line["valid_bleu"] = b.bleu.score;
-            line["valid_bleu_signature"] = b.bleu.signature;
-            text += fmt::format("{} BLEU {:.2f} on {} sentences ({:.1f} s) | {}", valid_loss ? " |" : "", b.bleu.score,
-                                b.sentences, b.decode_s, b.bleu.signature);
-            if (!bleu_signature_written) outputs->write_text(step, "valid/bleu_signature", b.bleu.signature);
-            bleu_signature_written = true;
-            if (best.metric() == "bleu") score = b.bleu.score;
-          }
-        } catch (const Error& e) {
-          throw Error(fmt::format("step {}: validation: {}", step, e.what()));
-        }
-        if ((best.metric() == "loss" && valid_loss) || (best.metric() == "bleu" && valid_bleu)) {
-          if (best.observe(step, score)) {
-            text += " | new best";
-            if (cfg.checkpoint.keep_best && leader) {
-              try {
-                checkpointer.save_best(loop_state(), best);
-                text += fmt::format(", saved {}", checkpointer.best_path().string());
-              } catch (const Error& e) {
-                log->error("best checkpoint at step {} was NOT saved: {}", step, e.what());
-              }
-            }
-          } else {
-            text += fmt::format(" | {}, {} validation(s) without improvement", best_text(), best.without_improvement());
-            if (best.patience() > 0) text += fmt::format(" (patience {})", best.patience());
-          }
-          early_stop = best.exhausted();
-        }
-        log->info("{}", text);
-        outputs->write(line);
-      }
-    }
-    // ---- periodic checkpoints (a skipped step is a step too: its checkpoint holds the unchanged state) ----
-    const bool by_steps = cfg.checkpoint.every_steps > 0 && state.step % cfg.checkpoint.every_steps == 0;
-    const bool by_time = cfg.checkpoint.every_minutes > 0 &&
-                         std::chrono::duration<double>(Clock::now() - last_save).count() >= cfg.checkpoint.every_minutes * 60.0;
-    if (leader && (by_steps || by_time) && !flags[1]) {
-      try {
-        checkpointer.save(loop_state(), by_steps ? "periodic" : "every_minutes");
-        saved_step = state.step;
-      } catch (const Error& e) {
-        log->error("checkpoint at step {} was NOT saved: {}", state.step, e.what());
-      }
-      last_save = Clock::now();
-    }
-    if (flags[1]) {
-      log->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", state.step,
-                kExitStoppedBySignal);
-      exit_status = kExitStoppedBySignal;
-      break;
-    }
-    if (flags[2]) {
-      log->info("train.max_minutes ({}) reached at step {}", minutes_limit, state.step);
-      break;
-    }
-    if (early_stop) {
-      log->info("early stopping at step {}: {} validations of {} without improvement (train.patience = {}); {}",
-                state.step, best.without_improvement(), best.metric() == "bleu" ? "BLEU" : "the loss", best.patience(),
-                best_text());
-      break;
-    }
+    if (cfg_.train.max_steps > 0 && state_.step >= cfg_.train.max_steps) return false;
+    if (state_.batch_in_epoch < static_cast<int64_t>(plan_.size())) return true;
+    ++state_.epoch;
+    state_.batch_in_epoch = 0;
+    if (cfg_.train.max_epochs > 0 && state_.epoch >= cfg_.train.max_epochs) return false;
+    plan_ = data::BatchPlan::build(train_data_->src_lengths(), train_data_->tgt_lengths(),
+                                   static_cast<uint64_t>(cfg_.train.seed), state_.epoch, cfg_.train.batch_tokens);
   }
+}
 
-  // ---- the end: a final checkpoint, then the average of the last ones ----
-  // Rank 0 alone writes and averages (many big checkpoints on slow storage can take longer than the deadline);
-  // the others wait for it without one: were rank 0 to die, Open MPI ends the job.
-  comm.set_timeout(0);
+// The next optimizer step on the cursor's batch; the cursor moves on even when the step is skipped.
+StepOutcome TrainingRun::train_step() {
+  const int64_t step = state_.step + 1;
+  const double minutes_limit = cfg_.train.max_minutes;
+  const StopRequests stops{[] { return g_stop_signal != 0; },
+                           [&] { return minutes_limit > 0 && elapsed_s() >= minutes_limit * 60.0; }};
+  const StepOutcome out = train_step_->run(step, step - state_.trainer.skipped_steps, plan_, state_.epoch,
+                                           state_.batch_in_epoch, stops);
+  ++state_.batch_in_epoch;
+  state_.step = step;
+  return out;
+}
+
+// A non-finite loss or gradient on some rank: every rank skipped the update; too many in a row end the run.
+void TrainingRun::count_skipped_step(const StepOutcome& out) {
+  const int64_t step = state_.step;
+  ++state_.trainer.skipped_steps;
+  ++consecutive_skips_;
+  log_->warn("step {}: non-finite loss or gradient on some rank; skipping the step ({} in a row, {} in all)", step,
+             consecutive_skips_, state_.trainer.skipped_steps);
+  outputs_->write({{"step", step}, {"epoch", state_.epoch}, {"loss", nullptr}, {"nll", nullptr}, {"lr", 0.0},
+                   {"gnorm", nullptr}, {"tgt_tokens", out.totals.tokens}, {"tok_s", 0.0},
+                   {"skipped", state_.trainer.skipped_steps}, {"elapsed_s", elapsed_s()}});
+  AIAYN_CHECK(consecutive_skips_ < cfg_.train.max_consecutive_skips,
+              fmt::format("step {}: {} consecutive steps had non-finite losses or gradients "
+                          "(train.max_consecutive_skips = {}); stopping", step, consecutive_skips_,
+                          cfg_.train.max_consecutive_skips));
+}
+
+// Every train.log_every steps (and at max_steps): the progress line and a metrics line, averaged over the
+// steps since the last one (tokens per second over the same interval).
+void TrainingRun::log_progress(const StepOutcome& out) {
+  const int64_t step = state_.step;
+  interval_.loss += out.totals.loss, interval_.nll += out.totals.nll, interval_.tokens += out.totals.tokens,
+      interval_.correct += out.totals.correct;
+  ++interval_steps_;
+  if (!(step % cfg_.train.log_every == 0 || step == cfg_.train.max_steps)) return;
+  const double secs = std::chrono::duration<double>(Clock::now() - last_log_).count();
+  const double elapsed = elapsed_s();
+  const double tok_s = secs > 0 ? static_cast<double>(interval_.tokens) / secs : 0.0;
+  const double loss = interval_.loss / std::max<int64_t>(1, interval_.tokens);
+  const double nll = interval_.nll / std::max<int64_t>(1, interval_.tokens);
+  std::string line = cfg_.train.max_steps > 0 ? fmt::format("step {}/{}", step, cfg_.train.max_steps)
+                                              : fmt::format("step {}", step);
+  line += fmt::format(" | epoch {} | loss {:.4f} | lr {:.3e} | {:.0f} tgt tok/s | eta {}", state_.epoch, loss, out.lr,
+                      tok_s, eta(secs / static_cast<double>(interval_steps_)));
+  if (std::isfinite(last_bleu_)) line += fmt::format(" | bleu {:.2f}", last_bleu_);
+  if (best_->has_best()) line += fmt::format(" ({})", best_text());
+  line += fmt::format(" | nll {:.4f} | gnorm {:.3f} | elapsed {}", nll, out.gnorm, format_duration(elapsed));
+  log_->info("{}", line);
+  outputs_->write({{"step", step}, {"epoch", state_.epoch}, {"loss", loss}, {"nll", nll}, {"lr", out.lr},
+                   {"gnorm", out.gnorm}, {"tgt_tokens", out.totals.tokens}, {"tok_s", tok_s},
+                   {"skipped", state_.trainer.skipped_steps}, {"elapsed_s", elapsed}});
+  interval_ = StepTotals{};
+  interval_steps_ = 0;
+  last_log_ = Clock::now();
+}
+
+// Validation loss and BLEU as they fall due; the best record, best.h5 and early stopping follow the metric
+// checkpoint.best_metric names.
+void TrainingRun::validate_if_due() {
+  const int64_t step = state_.step;
+  const bool valid_loss = validator_->loss_due(step), valid_bleu = validator_->bleu_due(step);
+  if (!valid_loss && !valid_bleu) return;
+  nlohmann::ordered_json line{{"step", step}};
+  std::string text = fmt::format("step {} | valid", step);
+  double score = std::nan("");
+  try {
+    if (valid_loss) {
+      const LossEvaluation v = validator_->loss(*model_, comm_);
+      line["valid_loss"] = v.loss, line["valid_ppl"] = v.ppl, line["valid_acc"] = v.acc;
+      text += fmt::format(" loss {:.4f} | ppl {:.2f} | acc {:.4f}", v.loss, v.ppl, v.acc);
+      if (best_->metric() == "loss") score = v.loss;
+    }
+    if (valid_bleu) {
+      const BleuEvaluation b = validator_->bleu(*model_, comm_);
+      last_bleu_ = b.bleu.score;
+      line["valid_bleu"] = b.bleu.score;
+      line["valid_bleu_signature"] = b.bleu.signature;
+      text += fmt::format("{} BLEU {:.2f} on {} sentences ({:.1f} s) | {}", valid_loss ? " |" : "", b.bleu.score,
+                          b.sentences, b.decode_s, b.bleu.signature);
+      if (!bleu_signature_written_) outputs_->write_text(step, "valid/bleu_signature", b.bleu.signature);
+      bleu_signature_written_ = true;
+      if (best_->metric() == "bleu") score = b.bleu.score;
+    }
+  } catch (const Error& e) {
+    throw Error(fmt::format("step {}: validation: {}", step, e.what()));
+  }
+  if ((best_->metric() == "loss" && valid_loss) || (best_->metric() == "bleu" && valid_bleu)) {
+    if (best_->observe(step, score)) {
+      text += " | new best";
+      if (cfg_.checkpoint.keep_best && leader_) {
+        try {
+          checkpointer_->save_best(loop_state(), *best_);
+          text += fmt::format(", saved {}", checkpointer_->best_path().string());
+        } catch (const Error& e) {
+          log_->error("best checkpoint at step {} was NOT saved: {}", step, e.what());
+        }
+      }
+    } else {
+      text += fmt::format(" | {}, {} validation(s) without improvement", best_text(), best_->without_improvement());
+      if (best_->patience() > 0) text += fmt::format(" (patience {})", best_->patience());
+    }
+    early_stop_ = best_->exhausted();
+  }
+  log_->info("{}", text);
+  outputs_->write(line);
+}
+
+// Periodic checkpoints (a skipped step is a step too: its checkpoint holds the unchanged state). A save that
+// fails is reported and the run goes on: LATEST still names the previous checkpoint. A stop by signal saves in
+// finish() instead.
+void TrainingRun::checkpoint_if_due(bool stopping) {
+  const bool by_steps = cfg_.checkpoint.every_steps > 0 && state_.step % cfg_.checkpoint.every_steps == 0;
+  const bool by_time = cfg_.checkpoint.every_minutes > 0 &&
+                       std::chrono::duration<double>(Clock::now() - last_save_).count() >= cfg_.checkpoint.every_minutes * 60.0;
+  if (!leader_ || !(by_steps || by_time) || stopping) return;
+  try {
+    checkpointer_->save(loop_state(), by_steps ? "periodic" : "every_minutes");
+    saved_step_ = state_.step;
+  } catch (const Error& e) {
+    log_->error("checkpoint at step {} was NOT saved: {}", state_.step, e.what());
+  }
+  last_save_ = Clock::now();
+}
+
+// The stop conditions every rank agreed on in the step: a signal, the time limit; or early stopping.
+bool TrainingRun::stop_now(const StepOutcome& out) {
+  if (out.stop_signal) {
+    log_->warn("stop requested by signal at step {}: writing a checkpoint and exiting with status {}", state_.step,
+               kExitStoppedBySignal);
+    exit_status_ = kExitStoppedBySignal;
+    return true;
+  }
+  if (out.time_up) {
+    log_->info("train.max_minutes ({}) reached at step {}", cfg_.train.max_minutes, state_.step);
+    return true;
+  }
+  if (early_stop_) {
+    log_->info("early stopping at step {}: {} validations of {} without improvement (train.patience = {}); {}",
+               state_.step, best_->without_improvement(), best_->metric() == "bleu" ? "BLEU" : "the loss",
+               best_->patience(), best_text());
+    return true;
+  }
+  return false;
+}
+
+// The end: a final checkpoint, then the average of the last ones. Rank 0 alone writes and averages (many big
+// checkpoints on slow storage can take longer than the deadline); the others wait for it without one: were
+// rank 0 to die, Open MPI ends the job.
+int TrainingRun::finish() {
+  comm_.set_timeout(0);
   std::string end_error;
-  if (leader) {
+  if (leader_) {
     try {
-      if (saved_step != state.step) checkpointer.save(loop_state(), exit_status ? "stop signal" : "end of training");
-      if (exit_status == 0) checkpointer.average_last();
+      if (saved_step_ != state_.step) checkpointer_->save(loop_state(), exit_status_ ? "stop signal" : "end of training");
+      if (exit_status_ == 0) checkpointer_->average_last();
     } catch (const std::exception& e) {
       end_error = e.what();
     }
   }
-  agree_on_errors(comm, end_error);
-  log->info("done: step {}, epoch {}, {} skipped step(s){}", state.step, state.epoch, state.trainer.skipped_steps,
-            best.has_best() ? fmt::format("; {}", best_text()) : std::string());
-  return exit_status;
+  agree_on_errors(comm_, end_error);
+  log_->info("done: step {}, epoch {}, {} skipped step(s){}", state_.step, state_.epoch, state_.trainer.skipped_steps,
+             best_->has_best() ? fmt::format("; {}", best_text()) : std::string());
+  return exit_status_;
+}
+
+LoopState TrainingRun::loop_state() const {
+  LoopState s = state_;
+  best_->save_to(&s.trainer);
+  return s;
+}
+
+std::string TrainingRun::best_text() const {
+  if (!best_->has_best()) return std::string();
+  return best_->metric() == "bleu" ? fmt::format("best {:.2f} @ {}", best_->best_score(), best_->best_step())
+                                   : fmt::format("best valid loss {:.4f} @ {}", best_->best_score(), best_->best_step());
+}
+
+// The time still to go, from the last interval's seconds per step, for the nearest stop condition.
+std::string TrainingRun::eta(double seconds_per_step) const {
+  RunBounds bounds;
+  bounds.max_steps = cfg_.train.max_steps, bounds.step = state_.step;
+  bounds.max_epochs = cfg_.train.max_epochs, bounds.epoch = state_.epoch;
+  bounds.batches_per_epoch = static_cast<int64_t>(plan_.size()), bounds.batch_in_epoch = state_.batch_in_epoch;
+  bounds.max_minutes = cfg_.train.max_minutes, bounds.elapsed_s = elapsed_s();
+  return format_duration(std::max(0.0, seconds_left(bounds, seconds_per_step)));
+}
+
+}  // namespace
+
+int run_training(const TrainOptions& opt, comm::Communicator& comm) {
+  TrainingRun run(opt, comm);  // config, run directory, logs, data, device, communicators, model
+  run.resume_or_initialize();
+  return run.train();
 }
 
 }  // namespace aiayn::trainer

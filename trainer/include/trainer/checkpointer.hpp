@@ -35,7 +35,8 @@ class Checkpointer {
  public:
   Checkpointer(const std::filesystem::path& run_dir, const Config& cfg, Model<float>& model,
                kernels::DeviceArray<float>& adam_m, kernels::DeviceArray<float>& adam_v, std::string corpus_fingerprint,
-               std::map<std::string, std::string> extras, int world, bool leader, spdlog::logger& log);
+               std::map<std::string, std::string> extras, int world, bool leader, spdlog::logger& log,
+               std::vector<int64_t> fail_save_at = {});
 
   // Loads the checkpoint to resume from into the model and Adam state. Throws when there is none, or when
   // the architecture, batch_tokens, seed or corpus differ (naming the key or file).
@@ -47,8 +48,8 @@ class Checkpointer {
   bool best_file_is_sound();
 
   // Rank 0: step-N.h5, LATEST, then retention. Returns the path ("" on other ranks). Throws when the write
-  // fails (nothing is replaced: LATEST still names the previous checkpoint). Test-only fault injection:
-  // AIAYN_TEST_FAIL_SAVE_AT="step[,step...]" makes the save of those steps fail at its rename.
+  // fails (nothing is replaced: LATEST still names the previous checkpoint). Test-only fault injection: the
+  // save of a step in `fail_save_at` (FaultInjection, AIAYN_TEST_FAIL_SAVE_AT) fails at its rename.
   std::string save(const LoopState& state, const std::string& why);
   // Rank 0: best.h5 with the state at the best step.
   void save_best(const LoopState& state, const BestTracker& best);
@@ -68,7 +69,7 @@ class Checkpointer {
   kernels::DeviceArray<float>& adam_v_;
   std::string fingerprint_;
   std::map<std::string, std::string> extras_;
-  std::vector<int64_t> fail_save_at_;  // test-only: AIAYN_TEST_FAIL_SAVE_AT="step[,step...]"
+  std::vector<int64_t> fail_save_at_;  // test-only: FaultInjection::fail_save_at
   int world_;
   bool leader_;
   spdlog::logger& log_;

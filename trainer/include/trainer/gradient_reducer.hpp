@@ -15,8 +15,9 @@
 // the first start and finish()), it aborts the communicator first (Communicator::abort: ncclCommAbort), so
 // that the device memory those sums use is freed only after NCCL has let go of it and the failing rank exits
 // at once instead of waiting in a cudaFree for peers that may never join (issue 15).
-// Test-only: AIAYN_TEST_FAIL_IN_BACKWARD=RANK:STEP throws from ready() on that rank in the reducer's STEP-th
-// step (counted from 1 in this process) right after a bucket has started there: an error with sums in flight.
+// Test-only (FaultInjection, AIAYN_TEST_FAIL_IN_BACKWARD=RANK:STEP): with `fail_at_step` = STEP, ready()
+// throws in the reducer's STEP-th step (counted from 1 in this process) right after a bucket has started
+// there: an error with sums in flight.
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -33,7 +34,7 @@ class GradientReducer {
   // `host_staged`: grads live on a GPU but the communicator sums host buffers (MPI): each bucket is copied
   // to the host and back.
   GradientReducer(comm::Communicator& comm, kernels::Device device, float* grads, size_t n, size_t bucket,
-                  bool host_staged);
+                  bool host_staged, int64_t fail_at_step = -1);
   ~GradientReducer();
   GradientReducer(const GradientReducer&) = delete;
   GradientReducer& operator=(const GradientReducer&) = delete;
@@ -67,7 +68,7 @@ class GradientReducer {
   size_t started_early_ = 0;
   bool in_flight_ = false;  // async sums started and not yet waited for by finish()
   int64_t step_ = 0;        // begin_step() calls (the test fault's STEP)
-  int64_t fail_step_ = -1;  // AIAYN_TEST_FAIL_IN_BACKWARD's step for this rank, -1: none
+  const int64_t fail_step_;  // test-only: the step whose ready() throws, -1: none
   std::vector<float> host_;
 };
 
