@@ -75,7 +75,7 @@ struct ModelStack final : Model<T>::Impl {
   std::vector<DecoderLayer> decoder;  // [L]
   Residual encoder_final, decoder_final;  // pre-norm: the final LayerNorms (out, mean, rstd)
   // backward only
-  A* d_stream = nullptr;         // [B*T, D] the gradient w.r.t. the decoder's running activation
+  A* d_stream = nullptr;          // [max(B*S, B*T), D] the gradient w.r.t. the decoder's running activation
   A* d_encoder_stream = nullptr;  // [B*S, D] the same for the encoder
   layers::GradientScratch<A> activation_grads;
 
