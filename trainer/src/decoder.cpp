@@ -1,7 +1,7 @@
 // The incremental decoder and beam search (see decoder.hpp for the invariants and the search rule).
 //
-// The layer code mirrors Model<T>::Impl (model.cpp) call for call, without dropout and without saving
-// anything for a backward pass. Buffers are sized in start() for the batch and reused across steps.
+// The layers are the model's own (layers.hpp), run without dropout and without saving anything for a backward
+// pass: scratch sized in start() for the batch and reused by every layer and step.
 #include "trainer/decoder.hpp"
 
 #include <fmt/format.h>
@@ -12,8 +12,8 @@
 #include <utility>
 
 #include "aiayn/error.hpp"
-#include "kernels/fast_math.hpp"
 #include "kernels/ops.hpp"
+#include "layers.hpp"
 
 namespace aiayn::trainer {
 
@@ -22,44 +22,16 @@ using k::Device;
 
 double length_penalty(int length, double alpha) { return std::pow((5.0 + length) / 6.0, alpha); }
 
-namespace {
-
-// log sum_j exp(x[j]) in double, for one row of logits [n]. target_clones: an AVX-512 clone beside the
-// portable one (as the CPU kernels), so the exponentials run eight to a vector where the machine has it.
-template <class T>
-__attribute__((target_clones("arch=x86-64-v4", "default"))) double log_sum_exp(const T* x, int n) {
-  T mx = x[0];
-  for (int j = 1; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
-  const double m = static_cast<double>(mx);
-  double sum = 0;
-#pragma omp simd reduction(+ : sum)
-  for (int j = 0; j < n; ++j) sum += kernels::cpu::exp_nonpositive(static_cast<double>(x[j]) - m);
-  return m + std::log(sum);
-}
-
-}  // namespace
-
 template <class T>
 struct IncrementalDecoder<T>::Impl {
-  struct Norm { size_t w = 0, b = 0; };
-  struct Ffn { size_t fc1_w = 0, fc1_b = 0, fc2_w = 0, fc2_b = 0; };
-  struct EncLayer { size_t qkv_w, qkv_b, out_w, out_b; Norm attn_norm; Ffn ffn; Norm ffn_norm; };
-  struct DecLayer {
-    size_t qkv_w, qkv_b, out_w, out_b; Norm self_norm;
-    size_t q_w, q_b, kv_w, kv_b, cout_w, cout_b; Norm cross_norm;
-    Ffn ffn; Norm ffn_norm;
-  };
-
-  static constexpr size_t kNoBias = ~size_t{0};
+  using Residual = layers::ResidualTensors<T, T>;
   Model<T>& model;
   const Device dev;
-  const int D, H, Dh, F, V, L;
-  const bool pre;
+  layers::TransformerLayers<T, T> net;
+  const int D, F, V, L;
+  const bool pre_norm;
   const int pad_id;
-  size_t emb = 0;
-  Norm enc_final, dec_final;
-  std::vector<EncLayer> enc_p;
-  std::vector<DecLayer> dec_p;
+  const layers::DropoutKeys no_dropout{};
 
   // ---- the current batch ----
   int B = 0, S = 0;      // sentences at start(), padded source length
@@ -71,139 +43,52 @@ struct IncrementalDecoder<T>::Impl {
   // ---- device buffers ----
   k::DeviceArray<int32_t> ints;  // src [B*S] | src_len [B] | tokens [R0] | positions [R0] | row_len [R0]
   int32_t *src = nullptr, *src_len = nullptr, *tokens = nullptr, *positions = nullptr, *row_len = nullptr;
-  k::DeviceArray<T> enc_buf, memory, cross_kv, cache[2], step_buf;  // cache[1 - cache_cur]: reorder's spare rows
+  k::DeviceArray<T> encoder_buf, memory, cross_kv, cache[2], step_buf;  // cache[1 - cache_cur]: reorder's spare rows
   int cache_cur = 0;
   std::vector<char> saved_rows;  // [R] reorder: rows saved to the spare buffer before being rewritten
   size_t rows_cap = 0;  // R0: rows the caches were laid out for (layer stride)
-  // encoder scratch [B*S, ...]
-  T *ex = nullptr, *ey = nullptr, *esum = nullptr, *eln = nullptr, *eqkv = nullptr, *ectx = nullptr, *etmp = nullptr,
-    *eh = nullptr, *emean = nullptr, *erstd = nullptr;
-  // step scratch [R0, ...]
-  T *sx = nullptr, *sy = nullptr, *ssum = nullptr, *sln = nullptr, *sq = nullptr, *sctx = nullptr, *stmp = nullptr,
-    *sh = nullptr, *smean = nullptr, *srstd = nullptr, *slogits = nullptr;
-  std::vector<T> logits_host;   // [R0, V] a host copy of the logits (devices other than the CPU)
+  // What one layer computes with and writes to, reused by every layer (nothing is kept for a backward pass).
+  // N rows: B*S in the encoder, R0 in a step.
+  struct Scratch {
+    T* stream[2] = {};     // [N, D] the running activation: a sub-layer's input and output, in turns
+    T* norm_io = nullptr;  // [N, D] a sub-layer's LayerNorm input (post-norm) or output (pre-norm)
+    T* mean = nullptr;     // [N] LayerNorm statistics
+    T* rstd = nullptr;     // [N]
+    T* q = nullptr;        // [N, 3D] in the encoder (q|k|v), [R0, D] in a step (k|v go to the cache)
+    T* ctx = nullptr;      // [N, D] attention output
+    T* f_out = nullptr;    // [N, D] a sub-layer function's output
+    T* hidden = nullptr;   // [N, F] the feed-forward's hidden layer
+    Residual residual(int out) const { return Residual{norm_io, mean, rstd, stream[out]}; }
+  };
+  Scratch encoder_scratch;  // [B*S, ...]
+  Scratch step_scratch;     // [R0, ...]
+  T* step_logits = nullptr;      // [R0, V]
+  std::vector<T> logits_host;    // [R0, V] a host copy of the logits (devices other than the CPU)
   std::vector<double> log_norm;  // [R0] per row log-sum-exp of the logits
   std::vector<double> logp;      // [R, V] step()'s full log-probabilities
   std::vector<int32_t> step_positions, step_lengths;  // [R] host staging of the step's positions, key counts
 
   explicit Impl(Model<T>& m)
-      : model(m), dev(m.device()), D(m.spec().arch.d_model), H(m.spec().arch.heads),
-        Dh(m.spec().arch.d_model / m.spec().arch.heads), F(m.spec().arch.d_ff), V(m.spec().vocab),
-        L(m.spec().arch.layers), pre(m.spec().arch.pre_norm), pad_id(m.spec().pad_id) {
-    const ParamTable& tb = m.table();
-    auto off = [&](const std::string& n) { return tb.at(n).offset; };
-    // The q, k, v projections may or may not carry biases (the table decides; none as in tensor2tensor).
-    auto opt = [&](const std::string& n) { return tb.contains(n) ? tb.at(n).offset : kNoBias; };
-    auto norm = [&](const std::string& p) { return Norm{off(p + "/weight"), off(p + "/bias")}; };
-    auto ffn = [&](const std::string& p) {
-      return Ffn{off(p + "/fc1/weight"), off(p + "/fc1/bias"), off(p + "/fc2/weight"), off(p + "/fc2/bias")};
-    };
-    // The fused projections rely on the table's adjacency (params.hpp): q|k|v and cross k|v are one block.
-    auto adjacent = [&](const std::string& a, const std::string& b) {
-      AIAYN_CHECK(tb.at(a).offset + tb.at(a).size == tb.at(b).offset,
-                  fmt::format("decoder: parameters {} and {} are not adjacent in the table", a, b));
-    };
-    emb = off("embedding/weight");
-    for (int l = 0; l < L; ++l) {
-      const std::string p = fmt::format("encoder/layers/{}", l);
-      adjacent(p + "/self_attn/q/weight", p + "/self_attn/k/weight");
-      adjacent(p + "/self_attn/k/weight", p + "/self_attn/v/weight");
-      if (tb.contains(p + "/self_attn/q/bias")) {
-        adjacent(p + "/self_attn/q/bias", p + "/self_attn/k/bias");
-        adjacent(p + "/self_attn/k/bias", p + "/self_attn/v/bias");
-      }
-      enc_p.push_back(EncLayer{off(p + "/self_attn/q/weight"), opt(p + "/self_attn/q/bias"),
-                               off(p + "/self_attn/out/weight"), off(p + "/self_attn/out/bias"),
-                               norm(p + "/self_attn_norm"), ffn(p + "/ffn"), norm(p + "/ffn_norm")});
-    }
-    for (int l = 0; l < L; ++l) {
-      const std::string p = fmt::format("decoder/layers/{}", l);
-      adjacent(p + "/self_attn/q/weight", p + "/self_attn/k/weight");
-      adjacent(p + "/self_attn/k/weight", p + "/self_attn/v/weight");
-      adjacent(p + "/cross_attn/k/weight", p + "/cross_attn/v/weight");
-      if (tb.contains(p + "/self_attn/q/bias")) {
-        adjacent(p + "/self_attn/q/bias", p + "/self_attn/k/bias");
-        adjacent(p + "/self_attn/k/bias", p + "/self_attn/v/bias");
-        adjacent(p + "/cross_attn/k/bias", p + "/cross_attn/v/bias");
-      }
-      dec_p.push_back(DecLayer{off(p + "/self_attn/q/weight"), opt(p + "/self_attn/q/bias"),
-                               off(p + "/self_attn/out/weight"), off(p + "/self_attn/out/bias"),
-                               norm(p + "/self_attn_norm"),
-                               off(p + "/cross_attn/q/weight"), opt(p + "/cross_attn/q/bias"),
-                               off(p + "/cross_attn/k/weight"), opt(p + "/cross_attn/k/bias"),
-                               off(p + "/cross_attn/out/weight"), off(p + "/cross_attn/out/bias"),
-                               norm(p + "/cross_attn_norm"), ffn(p + "/ffn"), norm(p + "/ffn_norm")});
-    }
-    if (pre) {
-      enc_final = norm("encoder/final_norm");
-      dec_final = norm("decoder/final_norm");
-    }
-  }
-
-  const T* P(size_t o) { return model.params() + o; }
-  const T* bias_at(size_t o, size_t shift = 0) { return o == kNoBias ? nullptr : P(o) + shift; }
+      : model(m), dev(m.device()), net(m), D(m.spec().arch.d_model), F(m.spec().arch.d_ff), V(m.spec().vocab),
+        L(m.spec().arch.layers), pre_norm(m.spec().arch.pre_norm), pad_id(m.spec().pad_id) {}
 
   static void ensure(k::DeviceArray<T>& a, Device d, size_t n) {
     if (a.size() < n) a = k::DeviceArray<T>(d, n);
   }
 
-  // ---- building blocks (as in model.cpp) ----
-  // y[N, out] (row stride ldc) = x[N, in] @ W[out, in]^T + b
-  void linear(const T* x, int N, int in, const T* w, const T* bias, int out, T* y, int ldc, bool relu = false) {
-    k::GemmArgs<T> g;
-    g.trans_b = true;
-    g.m = N, g.n = out, g.k = in;
-    g.a = x, g.lda = in;
-    g.b = w, g.ldb = in;
-    g.c = y, g.ldc = ldc;
-    g.bias = bias;
-    g.relu = relu;
-    k::gemm(dev, g);
-  }
-  void linear(const T* x, int N, int in, size_t w, size_t bias, int out, T* y, bool relu = false) {
-    linear(x, N, in, P(w), bias_at(bias), out, y, out, relu);
-  }
-  void norm_fwd(const T* x, const Norm& n, T* y, T* mean, T* rstd, int rows) {
-    k::layer_norm_forward(dev, k::LayerNormForward<T>{x, P(n.w), P(n.b), y, mean, rstd, rows, D, kLayerNormEpsilon});
-  }
-  // pre-norm: F's input is LayerNorm(x) (into ln); post-norm: x itself.
-  const T* sub_in(const T* x, const Norm& n, T* ln, T* mean, T* rstd, int rows) {
-    if (!pre) return x;
-    norm_fwd(x, n, ln, mean, rstd, rows);
-    return ln;
-  }
-  // pre-norm: out = x + f; post-norm: out = LayerNorm(x + f).
-  void sub_out(const T* x, const T* f, const Norm& n, T* out, T* sum, T* mean, T* rstd, int rows) {
-    const size_t count = static_cast<size_t>(rows) * D;
-    if (pre) {
-      k::add(dev, k::AddArgs<T>{x, f, out, count});
-      return;
-    }
-    // One fused op, as Model's post-norm sub_out (the same arithmetic as add then layer_norm_forward).
-    k::ResidualNormForward<T> r;
-    r.x = x, r.f = f, r.gamma = P(n.w), r.beta = P(n.b), r.s = sum, r.y = out, r.mean = mean, r.rstd = rstd;
-    r.rows = rows, r.cols = D, r.eps = kLayerNormEpsilon;
-    k::residual_norm_forward(dev, r);
-  }
-  void attention(const k::AttentionShape<T>& shape, const T* q, const T* kk, const T* v, T* out) {
-    k::AttentionForward<T> a;
-    a.shape = shape, a.q = q, a.k = kk, a.v = v, a.out = out;
-    k::attention_forward(dev, a);
-  }
-  k::AttentionShape<T> shape(int b, int tq, int tk, const int32_t* lens) const {
-    k::AttentionShape<T> a;
-    a.B = b, a.Tq = tq, a.Tk = tk, a.H = H, a.Dh = Dh;
-    a.k_len = lens;
-    a.scale = 1.0f / std::sqrt(static_cast<float>(Dh));
-    return a;
-  }
-  void ffn(const T* fin, int rows, const Ffn& f, T* h, T* out) {
-    linear(fin, rows, D, f.fc1_w, f.fc1_b, F, h, /*relu=*/true);
-    linear(h, rows, F, f.fc2_w, f.fc2_b, D, out);
-  }
-
   T* layer_cache(int buf, int l) { return cache[buf].data() + static_cast<size_t>(l) * rows_cap * Tmax * 2 * D; }
-  T* layer_ckv(int l) { return cross_kv.data() + static_cast<size_t>(l) * B * S * 2 * D; }
+  T* layer_cross_kv(int l) { return cross_kv.data() + static_cast<size_t>(l) * B * S * 2 * D; }
+
+  // Scratch for `rows` rows at p (q_width: the queries' columns, 3D or D), advancing p.
+  Scratch take_scratch(T*& p, size_t rows, int q_width) {
+    auto take = [&](size_t n) { T* at = p; p += n; return at; };
+    Scratch s;
+    s.stream[0] = take(rows * D), s.stream[1] = take(rows * D), s.norm_io = take(rows * D);
+    s.ctx = take(rows * D), s.f_out = take(rows * D), s.q = take(rows * q_width), s.hidden = take(rows * F);
+    s.mean = take(rows), s.rstd = take(rows);
+    return s;
+  }
+  static size_t scratch_size(size_t rows, int D, int F, int q_width) { return rows * (5 * D + q_width + F + 2); }
 
   // ---- start: layout, encoder, cross-attention K/V ----
   void start(const std::vector<std::vector<int32_t>>& sources, int rows_per_sentence, int max_steps) {
@@ -239,63 +124,40 @@ struct IncrementalDecoder<T>::Impl {
     k::device_copy(dev, src, Device::CPU, src_host.data(), Ns * 4);
     k::device_copy(dev, src_len, Device::CPU, src_len_host.data(), static_cast<size_t>(B) * 4);
 
-    // encoder scratch
-    const size_t e_need = Ns * (6 * D + 3 * D + F) + 2 * Ns;
-    ensure(enc_buf, dev, e_need);
-    T* p = enc_buf.data();
-    auto take = [&](size_t n) { T* at = p; p += n; return at; };
-    ex = take(Ns * D), ey = take(Ns * D), esum = take(Ns * D), eln = take(Ns * D), ectx = take(Ns * D);
-    etmp = take(Ns * D), eqkv = take(Ns * 3 * D), eh = take(Ns * F), emean = take(Ns), erstd = take(Ns);
+    ensure(encoder_buf, dev, scratch_size(Ns, D, F, 3 * D));
+    T* p = encoder_buf.data();
+    encoder_scratch = take_scratch(p, Ns, 3 * D);
     ensure(memory, dev, Ns * D);
     ensure(cross_kv, dev, static_cast<size_t>(L) * Ns * 2 * D);
     for (auto& c : cache) ensure(c, dev, static_cast<size_t>(L) * rows_cap * Tmax * 2 * D);
     cache_cur = 0;
 
-    // step scratch
-    const size_t s_need = rows_cap * (7 * D + F + static_cast<size_t>(V)) + 2 * rows_cap;
-    ensure(step_buf, dev, s_need);
+    ensure(step_buf, dev, scratch_size(rows_cap, D, F, D) + rows_cap * static_cast<size_t>(V));
     p = step_buf.data();
-    sx = take(rows_cap * D), sy = take(rows_cap * D), ssum = take(rows_cap * D), sln = take(rows_cap * D);
-    sq = take(rows_cap * D), sctx = take(rows_cap * D), stmp = take(rows_cap * D), sh = take(rows_cap * F);
-    smean = take(rows_cap), srstd = take(rows_cap), slogits = take(rows_cap * V);
+    step_scratch = take_scratch(p, rows_cap, D);
+    step_logits = p;
 
     encode();
   }
 
   void encode() {
     const int N = B * S;
-    k::EmbedForward<T> e;
-    e.ids = src, e.table = P(emb), e.out = ex, e.N = N, e.D = D, e.V = V, e.seq_len = S;
-    e.scale = std::sqrt(static_cast<float>(D));
-    k::embed_forward(dev, e);
-    T* x = ex;
-    T* y = ey;
-    for (int l = 0; l < L; ++l) {
-      const EncLayer& pl = enc_p[l];
-      const T* fin = sub_in(x, pl.attn_norm, eln, emean, erstd, N);
-      linear(fin, N, D, pl.qkv_w, pl.qkv_b, 3 * D, eqkv);
-      k::AttentionShape<T> a = shape(B, S, S, src_len);
-      a.q_bstride = a.kv_bstride = static_cast<long>(S) * 3 * D;
-      a.o_bstride = static_cast<long>(S) * D;
-      a.q_stride = a.kv_stride = 3 * D;
-      a.o_stride = D;
-      attention(a, eqkv, eqkv + D, eqkv + 2 * D, ectx);
-      linear(ectx, N, D, pl.out_w, pl.out_b, D, etmp);
-      sub_out(x, etmp, pl.attn_norm, y, esum, emean, erstd, N);
-      std::swap(x, y);
-      fin = sub_in(x, pl.ffn_norm, eln, emean, erstd, N);
-      ffn(fin, N, pl.ffn, eh, etmp);
-      sub_out(x, etmp, pl.ffn_norm, y, esum, emean, erstd, N);
-      std::swap(x, y);
-    }
-    const size_t count = static_cast<size_t>(N) * D;
-    if (pre)
-      norm_fwd(x, enc_final, memory.data(), emean, erstd, N);
+    const Scratch& sc = encoder_scratch;
+    net.embed(src, nullptr, N, S, sc.stream[0], layers::kEncoderStack, no_dropout);
+    // Each encoder layer reads stream[0], writes its self-attention sub-layer to stream[1], its output to stream[0].
+    layers::EncoderLayerTensors<T, T> e;
+    e.self_attn = net.self_attention_tensors(sc.q, sc.ctx, B, S, src_len, /*causal=*/false);
+    e.self_attn_res = sc.residual(1);
+    e.ffn.hidden = e.ffn.hidden_dropped = sc.hidden;
+    e.ffn_res = sc.residual(0);
+    e.f_out = sc.f_out;
+    for (int l = 0; l < L; ++l) net.encoder_layer(l, sc.stream[0], e, N, S, no_dropout);
+    if (pre_norm)
+      net.norm_forward(sc.stream[0], net.offsets.encoder_final_norm, memory.data(), sc.mean, sc.rstd, N);
     else
-      k::device_copy(dev, memory.data(), dev, x, count * sizeof(T));
+      k::device_copy(dev, memory.data(), dev, sc.stream[0], static_cast<size_t>(N) * D * sizeof(T));
     // cross-attention K/V of every decoder layer, once per sentence: [B, S, 2D]
-    for (int l = 0; l < L; ++l)
-      linear(memory.data(), N, D, dec_p[l].kv_w, dec_p[l].kv_b, 2 * D, layer_ckv(l));
+    for (int l = 0; l < L; ++l) net.project_cross_kv(l, memory.data(), N, layer_cross_kv(l));
   }
 
   // ---- one decoder step for every row ----
@@ -310,73 +172,53 @@ struct IncrementalDecoder<T>::Impl {
     k::device_copy(dev, positions, Device::CPU, step_positions.data(), static_cast<size_t>(R) * 4);
     k::device_copy(dev, row_len, Device::CPU, step_lengths.data(), static_cast<size_t>(R) * 4);
 
-    k::EmbedForward<T> e;
-    e.ids = tokens, e.table = P(emb), e.out = sx, e.positions = positions, e.N = R, e.D = D, e.V = V, e.seq_len = 1;
-    e.scale = std::sqrt(static_cast<float>(D));
-    k::embed_forward(dev, e);
-    T* x = sx;
-    T* y = sy;
+    const Scratch& sc = step_scratch;
+    net.embed(tokens, positions, R, 1, sc.stream[0], layers::kDecoderStack, no_dropout);
+    layers::DecoderLayerTensors<T, T> d;
+    // self-attention over the cache: this step's k, v go straight into row t of each hypothesis' cache
+    d.self_attn.projection = layers::Projection::QThenKv;
+    d.self_attn.q = sc.q, d.self_attn.ctx = sc.ctx;
+    d.self_attn.kv_ld = static_cast<long>(Tmax) * 2 * D;
+    auto& g = d.self_attn.shape;
+    g.B = R, g.Tq = 1, g.Tk = t + 1, g.k_len = row_len;
+    g.q_bstride = D, g.q_stride = D;
+    g.kv_bstride = static_cast<long>(Tmax) * 2 * D, g.kv_stride = 2 * D;
+    g.o_bstride = D, g.o_stride = D;
+    // cross-attention: one attention batch entry per sentence, its K rows as the queries (keys: per layer)
+    d.cross_attn = net.cross_attention_tensors(sc.q, nullptr, sc.ctx, Sn, K, S, src_len);
+    d.ffn.hidden = d.ffn.hidden_dropped = sc.hidden;
+    d.f_out = sc.f_out;
+    // Three sub-layers a layer: the running activation changes buffers after each, so layers alternate.
+    int in = 0;
     for (int l = 0; l < L; ++l) {
-      const DecLayer& pl = dec_p[l];
-      // self-attention over the cache: this step's k, v go straight into row t of each hypothesis' cache
       T* kv = layer_cache(cache_cur, l);
-      const T* fin = sub_in(x, pl.self_norm, sln, smean, srstd, R);
-      linear(fin, R, D, P(pl.qkv_w), bias_at(pl.qkv_b), D, sq, D);
-      linear(fin, R, D, P(pl.qkv_w) + static_cast<size_t>(D) * D, bias_at(pl.qkv_b, D), 2 * D,
-             kv + static_cast<size_t>(t) * 2 * D, Tmax * 2 * D);
-      k::AttentionShape<T> a = shape(R, 1, t + 1, row_len);
-      a.q_bstride = D, a.q_stride = D;
-      a.kv_bstride = static_cast<long>(Tmax) * 2 * D, a.kv_stride = 2 * D;
-      a.o_bstride = D, a.o_stride = D;
-      attention(a, sq, kv, kv + D, sctx);
-      linear(sctx, R, D, pl.out_w, pl.out_b, D, stmp);
-      sub_out(x, stmp, pl.self_norm, y, ssum, smean, srstd, R);
-      std::swap(x, y);
-      // cross-attention: one attention batch entry per sentence, its K rows as the queries
-      fin = sub_in(x, pl.cross_norm, sln, smean, srstd, R);
-      linear(fin, R, D, pl.q_w, pl.q_b, D, sq);
-      const T* ckv = layer_ckv(l);
-      k::AttentionShape<T> c = shape(Sn, K, S, src_len);
-      c.q_bstride = static_cast<long>(K) * D, c.q_stride = D;
-      c.kv_bstride = static_cast<long>(S) * 2 * D, c.kv_stride = 2 * D;
-      c.o_bstride = static_cast<long>(K) * D, c.o_stride = D;
-      attention(c, sq, ckv, ckv + D, sctx);
-      linear(sctx, R, D, pl.cout_w, pl.cout_b, D, stmp);
-      sub_out(x, stmp, pl.cross_norm, y, ssum, smean, srstd, R);
-      std::swap(x, y);
-      // feed-forward
-      fin = sub_in(x, pl.ffn_norm, sln, smean, srstd, R);
-      ffn(fin, R, pl.ffn, sh, stmp);
-      sub_out(x, stmp, pl.ffn_norm, y, ssum, smean, srstd, R);
-      std::swap(x, y);
+      d.self_attn.keys = kv, d.self_attn.new_kv = kv + static_cast<size_t>(t) * 2 * D;
+      d.cross_attn.keys = layer_cross_kv(l);
+      d.self_attn_res = sc.residual(1 - in);
+      d.cross_attn_res = sc.residual(in);
+      d.ffn_res = sc.residual(1 - in);
+      net.decoder_layer(l, sc.stream[in], d, R, 1, no_dropout);
+      in = 1 - in;
     }
-    const T* out = x;
-    if (pre) {
-      norm_fwd(x, dec_final, y, smean, srstd, R);
-      out = y;
+    const T* out = sc.stream[in];
+    if (pre_norm) {
+      net.norm_forward(out, net.offsets.decoder_final_norm, sc.stream[1 - in], sc.mean, sc.rstd, R);
+      out = sc.stream[1 - in];
     }
-    k::GemmArgs<T> g;  // logits[R, V] = out @ E^T (the shared embedding, no bias)
-    g.trans_b = true;
-    g.m = R, g.n = V, g.k = D;
-    g.a = out, g.lda = D;
-    g.b = P(emb), g.ldb = D;
-    g.c = slogits, g.ldc = V;
-    k::gemm(dev, g);
+    net.output_logits(out, R, step_logits, V);  // logits[R, V] = out @ E^T
     ++t;
 
     // On the CPU the logits are read where the GEMM wrote them; other devices copy them to the host.
     const size_t n = static_cast<size_t>(R) * V;
-    const T* logits = slogits;
+    const T* logits = step_logits;
     if (dev != Device::CPU) {
       logits_host.resize(n);
-      k::device_copy(Device::CPU, logits_host.data(), dev, slogits, n * sizeof(T));
+      k::device_copy(Device::CPU, logits_host.data(), dev, step_logits, n * sizeof(T));
       logits = logits_host.data();
     }
-    // log-sum-exp per row in double (log p = logit - log_norm), over rows in parallel; the exponentials are
-    // the vectorised exp_nonpositive (a few ulp from libm's), the sum in a fixed order for a given build.
+    // log-sum-exp per row in double (log p = logit - log_norm)
     log_norm.resize(R);
-#pragma omp parallel for schedule(static)
-    for (int r = 0; r < R; ++r) log_norm[r] = log_sum_exp(logits + static_cast<size_t>(r) * V, V);
+    layers::log_sum_exp_rows(logits, R, V, log_norm.data());
     return {logits, log_norm.data()};
   }
 
@@ -440,7 +282,7 @@ struct IncrementalDecoder<T>::Impl {
       // is written over it.
       const size_t block = static_cast<size_t>(S) * 2 * D;
       for (int l = 0; l < L; ++l) {
-        T* blocks = layer_ckv(l);
+        T* blocks = layer_cross_kv(l);
         for (int s = 0; s < newSn; ++s)
           if (sent[s] != s) k::device_copy(dev, blocks + s * block, dev, blocks + sent[s] * block, block * sizeof(T));
       }

@@ -3,8 +3,8 @@
 // self-attention K/V per layer, one token per hypothesis per step) and the paper's beam search on top of it.
 //
 // Invariants:
-//  - The decoder's arithmetic is the model's forward pass, op for op (same kernels, same parameter views), so
-//    its log-probabilities equal Model::forward_log_probs on the same prefix up to float rounding.
+//  - The decoder runs the model's own layers (trainer/src/layers.hpp: same code, same kernels, same parameter
+//    views), so its log-probabilities equal Model::forward_log_probs on the same prefix up to float rounding.
 //  - Rows are hypotheses, grouped by sentence: rows [s * K, (s + 1) * K) belong to live sentence s, K = rows per
 //    sentence (the beam). Cross-attention runs per sentence with Tq = K queries, so the encoder memory and its
 //    K/V are stored once per sentence, never per hypothesis.

@@ -87,7 +87,7 @@ class Model {
   // Forward only: the log-probabilities [B * T, V] of the decoder outputs (host copy), for tests and decoding.
   std::vector<T> forward_log_probs(const Batch& batch);
 
-  struct Impl;  // the layer-by-layer code (model.cpp), one instantiation per activation type
+  struct Impl;  // the layer stack (model.cpp, over layers.hpp's layers), one instantiation per activation type
 
  private:
   ModelSpec spec_;
