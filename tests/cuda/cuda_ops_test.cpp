@@ -1122,12 +1122,12 @@ std::string attention_trace(const AttnCase& c) {
          " H=" + std::to_string(c.H) + " Dh=" + std::to_string(c.Dh) + " causal=" + std::to_string(c.causal);
 }
 
-// q, k, v (and dq, dk, dv) live where run_attention_case puts them (attention_layout).
+// q, k, v (and dq, dk, dv) live where attention_layout puts them.
 
 // The attention of ops/attention.hpp in double, with R applied wherever a naive bf16 pipeline stores a tensor:
 // scores, probabilities, dropped probabilities, the output; in backward dout . v before and after the dropout
 // map, ds (scale included), dq, dk, dv. R = identity gives the exact answer for the given inputs. The dropout
-// mask and the float scale are the kernels' (seed 99, step 5, site as in run_attention_case). Writes out
+// mask and the float scale are the kernels' (seed 99, step 5, site as in attention_geometry). Writes out
 // [B, Tq, H * Dh], lse [B, H, Tq] (or null) and the channels of dq (q's addressing), dk, dv (k's and v's).
 template <class Round>
 void reference_attention(const AttnCase& c, const float* q, const float* k, const float* v, const float* dout,
@@ -1419,7 +1419,7 @@ void attention_cases_bf16(std::vector<OpCase>& out) {
   std::mt19937 rng(23);
   std::vector<std::pair<AttnCase, bool>> cases;  // (case, run twice)
   for (const AttnCase& c : attention_cases()) cases.push_back({c, false});
-  // determinism of both backward paths (the old DeterministicRepeatsBf16AndFused case, with padding and dropout)
+  // determinism of both backward paths (causal, padding, dropout), each path run twice
   cases.push_back({AttnCase{2, 35, 35, 4, 33, {35, 20}, true, 0.2f, QkvLayout::Separate}, true});
   for (const auto& [c, twice] : cases) {
     const AttnLayout L = attention_layout(c);
