@@ -9,25 +9,16 @@
 #include <string>
 
 #include "bleu_fixtures.hpp"
+#include "process.hpp"
 
 namespace {
 
 using namespace aiayn::testing;
 
-struct RunResult {
-  int status = -1;
-  std::string out, err;
-};
+using RunResult = CommandResult;
 
 RunResult run_bleu(const std::string& ref, const std::string& hyp, const TempDir& tmp) {
-  const std::string command = "'" + aiayn_exe() + "' bleu --ref '" + ref + "' < '" + hyp + "' > '" + (tmp / "out") +
-                              "' 2> '" + (tmp / "err") + "'";
-  const int raw = std::system(command.c_str());
-  RunResult r;
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  r.out = read_bytes(tmp / "out");
-  r.err = read_bytes(tmp / "err");
-  return r;
+  return run_captured("'" + aiayn_exe() + "' bleu --ref '" + ref + "' < '" + hyp + "'", tmp.path());
 }
 
 class BleuCli : public ::testing::Test {

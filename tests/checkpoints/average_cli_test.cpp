@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "checkpoints/checkpoint.hpp"
+#include "process.hpp"
 #include "test_env.hpp"
 
 namespace aiayn::checkpoints {
@@ -16,11 +17,8 @@ namespace {
 
 using aiayn::testing::TempDir;
 
-int run(const std::string& args) {
-  const std::string cmd = aiayn::testing::aiayn_exe() + " " + args + " > /dev/null 2>&1";
-  const int rc = std::system(cmd.c_str());
-  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
-}
+// `aiayn ARGS`, output discarded; its exit status.
+int run(const std::string& args) { return aiayn::testing::run_command(aiayn::testing::aiayn_exe() + " " + args, "/dev/null"); }
 
 void save_run(const std::string& ckpt_dir, int n) {
   for (int k = 0; k < n; ++k) {

@@ -1,14 +1,19 @@
 // The whole model in fp32 on CUDA against the CPU: the same initialisation, the same batches (sentences of odd
 // lengths, so padding and masks are exercised), dropout on everywhere (the masks come from the same hash on both
-// devices), five steps of forward_backward and Adam. The issue's requirement: the CUDA run's losses match the CPU
-// run's to 1e-4 relative. Also bf16 mixed precision over 30 steps against the fp32 CPU run. Then inference: the incremental decoder (caches, beam reordering, compaction) and beam
-// search on CUDA against the CPU. Skips without a GPU; the emulated twin (cuda_model_emu_test) runs it on the CPU.
+// devices). First the gradient buffers themselves after one forward_backward, every parameter by name (a loss
+// curve under Adam would hide a gradient off by a constant factor; GradientCheckCatchesAConstantFactor shows the
+// comparison does not); then five steps of forward_backward and Adam, whose losses match the CPU run's to 1e-6
+// relative (the issue asked for 1e-4; the measurement is 2.2e-8). Also bf16 mixed precision over 30 steps against the fp32 CPU run. Then
+// inference: the incremental decoder (caches, beam reordering, compaction) and beam search on CUDA against the CPU.
+// Skips without a GPU; the emulated twin (cuda_model_emu_test) runs it on the CPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -17,6 +22,8 @@
 #include "kernels/dropout_hash.hpp"
 #include "kernels/memory.hpp"
 #include "kernels/ops/adam.hpp"
+#include "model_fixtures.hpp"
+#include "numerics.hpp"
 #include "trainer/decoder.hpp"
 #include "trainer/model.hpp"
 
@@ -30,34 +37,11 @@ constexpr int kVocab = 50;
 
 // Pairs with the given (source, target) lengths, ids in [4, V), each sentence ending in EOS (3).
 Batch make_test_batch(const std::vector<std::pair<int, int>>& lens, uint64_t seed) {
-  std::vector<data::Pair> pairs;
-  std::vector<int64_t> index;
-  uint64_t c = seed;
-  for (size_t i = 0; i < lens.size(); ++i) {
-    data::Pair p;
-    for (int t = 0; t + 1 < lens[i].first; ++t) p.src.push_back(4 + int(k::mix64(++c) % (kVocab - 4)));
-    p.src.push_back(3);
-    for (int t = 0; t + 1 < lens[i].second; ++t) p.tgt.push_back(4 + int(k::mix64(++c) % (kVocab - 4)));
-    p.tgt.push_back(3);
-    pairs.push_back(p);
-    index.push_back(int64_t(1000 + 13 * i + seed));
-  }
-  return make_batch(pairs, index, 0, 2);
+  return testing::test_batch(kVocab, lens, seed, int64_t(1000 + seed), 13);
 }
 
 ModelSpec tiny_spec(bool pre_norm = false) {
-  ModelSpec s;
-  s.arch.layers = 2;  // 2 encoder + 2 decoder layers
-  s.arch.d_model = 32;
-  s.arch.heads = 4;
-  s.arch.d_ff = 64;
-  s.arch.dropout = 0.1;
-  s.arch.attention_dropout = 0.1;
-  s.arch.relu_dropout = 0.1;
-  s.arch.label_smoothing = 0.1;
-  s.arch.pre_norm = pre_norm;
-  s.vocab = kVocab;
-  return s;
+  return testing::tiny_spec({/*d_model=*/32, /*d_ff=*/64, kVocab, pre_norm, /*dropout=*/0.1, /*inner_dropout=*/0.1});
 }
 
 // Per-token smoothed losses of `steps` optimizer steps on `dev` (bf16: mixed precision, CUDA only).
@@ -100,6 +84,116 @@ bool no_gpu(std::string* why) { return k::cuda_device_count(why) == 0; }
 
 class CudaModel : public ::testing::TestWithParam<bool> {};  // parameter: pre-norm
 
+// The gradient buffers themselves: one forward_backward of the same batch (dropout on, the same masks on both
+// devices) from the same parameters, every parameter's gradient compared by name with the normalised maximum
+// error (tests/common/numerics.hpp). A loss curve cannot see a gradient off by a constant factor (Adam divides
+// it out); this comparison does (GradientCheckCatchesAConstantFactor).
+struct Gradients {
+  double loss = 0;
+  std::vector<float> grads;
+};
+
+Gradients compute_gradients(Device dev, bool pre_norm, const Batch& batch) {
+  Model<float> model(tiny_spec(pre_norm), dev);
+  model.initialize(2024);
+  model.zero_grads();
+  const auto st = model.forward_backward(batch, DropoutContext{true, 77, 1}, 1.0f / float(batch.tgt_tokens));
+  Gradients g;
+  g.loss = st.loss;
+  g.grads.resize(model.num_params());
+  k::device_copy(Device::CPU, g.grads.data(), dev, model.grads(), g.grads.size() * sizeof(float));
+  return g;
+}
+
+// The gradients of batch `which` (0 or 1 of gradient_batches()) on `dev`, computed once per process (the two
+// tests below share them: the emulated backend is slow).
+const std::vector<Batch>& gradient_batches() {
+  static const std::vector<Batch> b = {make_test_batch({{7, 5}, {3, 9}, {1, 2}}, 1),
+                                       make_test_batch({{5, 6}, {9, 4}, {4, 4}, {2, 7}, {6, 1}}, 2)};
+  return b;
+}
+const Gradients& one_forward_backward(Device dev, bool pre_norm, int which) {
+  static std::map<std::tuple<int, bool, int>, Gradients> cache;
+  const auto key = std::make_tuple(int(dev), pre_norm, which);
+  auto it = cache.find(key);
+  if (it == cache.end()) it = cache.emplace(key, compute_gradients(dev, pre_norm, gradient_batches()[size_t(which)])).first;
+  return it->second;
+}
+
+// fp32 gradients of the CUDA model against the CPU's, per named parameter of the ParamTable. Measured under the
+// emulator (both fiber orders, post-norm and pre-norm, both batches): at most 1.5e-6 (decoder/layers/1/cross_attn/
+// q/weight); the per-op limits the gradients pass through are 1e-5 (attention backward) and 2e-5 (GEMM,
+// LayerNorm dx). 2e-5 is 13 times the measurement, room for a GPU's other summation orders (not measured on a GPU),
+// while a gradient scaled by 1.01 (1e-2) or a missing term is orders of magnitude outside it.
+constexpr double kGradTol = 2e-5;
+
+::testing::AssertionResult gradients_match(const ParamTable& table, const std::vector<float>& got,
+                                           const std::vector<float>& want, double tol, double* worst = nullptr,
+                                           std::string* worst_name = nullptr) {
+  if (got.size() != table.total() || want.size() != table.total())
+    return ::testing::AssertionFailure() << "gradient sizes " << got.size() << ", " << want.size() << " != "
+                                         << table.total();
+  ::testing::AssertionResult result = ::testing::AssertionSuccess();
+  int failures = 0;
+  double w = 0;
+  for (const ParamView& v : table.views()) {
+    const std::vector<float> g(got.begin() + long(v.offset), got.begin() + long(v.offset + v.size));
+    const std::vector<float> r(want.begin() + long(v.offset), want.begin() + long(v.offset + v.size));
+    const double e = testing::max_rel_diff(g, r);
+    if (e > w) {
+      w = e;
+      if (worst_name) *worst_name = v.name;
+    }
+    if (!(e <= tol)) {
+      if (failures++ == 0) result = ::testing::AssertionFailure();
+      result << "gradient of " << v.name << ": normalised error " << e << " > " << tol << "\n";
+    }
+  }
+  if (worst) *worst = w;
+  return result;
+}
+
+TEST_P(CudaModel, Fp32GradientBuffersMatchTheCpu) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no GPU: " << why;
+  k::cuda_set_device(0);
+  const Model<float> layout(tiny_spec(GetParam()), Device::CPU);
+  // Odd lengths, padding, a sentence of length 1; two batch shapes (each model computes one of them).
+  for (const int which : {0, 1}) {
+    const Gradients& cpu = one_forward_backward(Device::CPU, GetParam(), which);
+    const Gradients& gpu = one_forward_backward(Device::CUDA, GetParam(), which);
+    EXPECT_TRUE(testing::close_scalar("loss", gpu.loss, cpu.loss, 1e-5));  // the loss test's reason, one step
+    double worst = 0;
+    std::string worst_name;
+    EXPECT_TRUE(gradients_match(layout.table(), gpu.grads, cpu.grads, kGradTol, &worst, &worst_name));
+    std::printf("fp32 gradients, cuda vs cpu: largest normalised error %.2e (%s) over %zu parameters\n", worst,
+                worst_name.c_str(), layout.table().views().size());
+  }
+}
+
+// The comparison above fails on a gradient scaled by a constant (1.01, every parameter or one), which a loss
+// curve under Adam hides, and still passes on the unscaled buffers.
+TEST_P(CudaModel, GradientCheckCatchesAConstantFactor) {
+  std::string why;
+  if (no_gpu(&why)) GTEST_SKIP() << "no GPU: " << why;
+  k::cuda_set_device(0);
+  const Model<float> layout(tiny_spec(GetParam()), Device::CPU);
+  const Gradients& cpu = one_forward_backward(Device::CPU, GetParam(), 0);
+  const Gradients& gpu = one_forward_backward(Device::CUDA, GetParam(), 0);
+  ASSERT_TRUE(gradients_match(layout.table(), gpu.grads, cpu.grads, kGradTol));
+  std::vector<float> scaled = gpu.grads;
+  for (float& x : scaled) x *= 1.01f;
+  double worst = 0;
+  EXPECT_FALSE(gradients_match(layout.table(), scaled, cpu.grads, kGradTol, &worst)) << "every gradient times 1.01";
+  std::printf("every gradient times 1.01: largest normalised error %.2e (limit %.0e)\n", worst, kGradTol);
+  const ParamView& one = layout.table().views()[layout.table().views().size() / 2];
+  scaled = gpu.grads;
+  for (size_t i = one.offset; i < one.offset + one.size; ++i) scaled[i] *= 1.01f;
+  const auto r = gradients_match(layout.table(), scaled, cpu.grads, kGradTol);
+  EXPECT_FALSE(r) << "the gradient of " << one.name << " times 1.01";
+  EXPECT_NE(std::string(r.message()).find(one.name), std::string::npos) << "the failure names the parameter";
+}
+
 TEST_P(CudaModel, FiveFp32TrainingStepsMatchTheCpuLosses) {
   std::string why;
   if (no_gpu(&why)) GTEST_SKIP() << "no GPU: " << why;
@@ -115,8 +209,9 @@ TEST_P(CudaModel, FiveFp32TrainingStepsMatchTheCpuLosses) {
     std::printf("step %d: cpu loss %.9f, cuda loss %.9f, relative difference %.2e\n", s + 1, cpu[s], gpu[s],
                 std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]));
     ASSERT_TRUE(std::isfinite(cpu[s])) << "step " << s + 1;
-    // The issue's bound: a fp32 CUDA run of 5 steps matches the CPU run's losses to 1e-4 (relative).
-    EXPECT_LE(std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]), 1e-4)
+    // The issue's bound was 1e-4 (relative); measured under the emulator: 2.2e-8 at most (both norms). 1e-6 leaves
+    // 45 times that for a GPU's summation orders carried through five Adam steps (not measured on a GPU).
+    EXPECT_LE(std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]), 1e-6)
         << "step " << s + 1 << ": cuda " << gpu[s] << ", cpu " << cpu[s];
   }
   EXPECT_LT(cpu.back(), cpu.front()) << "the run should learn something in 5 steps (same batches repeat)";

@@ -9,6 +9,7 @@
 #include "kernels/device.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "kernels/ops/adam.hpp"
+#include "model_fixtures.hpp"
 #include "trainer/decoder.hpp"
 #include "trainer/model.hpp"
 
@@ -18,16 +19,8 @@ namespace {
 constexpr int kBos = 2, kEos = 3;
 
 ModelSpec tiny_spec(bool pre_norm, int vocab) {
-  ModelSpec s;
-  s.arch.layers = 2;
-  s.arch.d_model = 64;
-  s.arch.heads = 4;
-  s.arch.d_ff = 256;
-  s.arch.dropout = 0.1;  // must be ignored at inference
-  s.arch.label_smoothing = 0.1;
-  s.arch.pre_norm = pre_norm;
-  s.vocab = vocab;
-  return s;
+  // dropout 0.1 must be ignored at inference; attention and ReLU dropout off.
+  return testing::tiny_spec({/*d_model=*/64, /*d_ff=*/256, vocab, pre_norm, /*dropout=*/0.1, /*inner_dropout=*/0.0});
 }
 
 // `n` tokens in [4, V) from a counter-based hash, then EOS.

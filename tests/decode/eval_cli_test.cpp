@@ -9,6 +9,7 @@
 #include <sstream>
 #include <string>
 
+#include "process.hpp"
 #include "test_env.hpp"
 
 namespace {
@@ -16,26 +17,10 @@ namespace {
 using aiayn::testing::aiayn_exe;
 using aiayn::testing::TempDir;
 
-struct Result {
-  int status = -1;
-  std::string out, err;
-};
+using Result = aiayn::testing::CommandResult;
 
 // Runs a shell command, capturing stdout and stderr.
-Result run(const std::string& cmd, const TempDir& dir) {
-  const std::string out = dir / "stdout.txt", err = dir / "stderr.txt";
-  Result r;
-  const int raw = std::system((cmd + " >" + out + " 2>" + err).c_str());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  auto slurp = [](const std::string& p) {
-    std::ifstream f(p);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-  };
-  r.out = slurp(out), r.err = slurp(err);
-  return r;
-}
+Result run(const std::string& cmd, const TempDir& dir) { return aiayn::testing::run_captured(cmd, dir.path()); }
 
 class EvalCli : public ::testing::Test {
  protected:

@@ -22,6 +22,7 @@
 
 #include "data/corpus.hpp"
 #include "data/corpus_writer.hpp"
+#include "numerics.hpp"
 #include "run_helpers.hpp"
 #include "test_env.hpp"
 
@@ -63,18 +64,6 @@ std::string checkpoint(const std::string& run, int step) {
   char name[32];
   std::snprintf(name, sizeof name, "step-%08d.h5", step);
   return run + "/checkpoints/" + name;
-}
-// sqrt(sum (a - b)^2 / sum b^2) over every tensor.
-double relative_l2(const std::map<std::string, std::vector<float>>& a, const std::map<std::string, std::vector<float>>& b) {
-  double diff = 0, norm = 0;
-  for (const auto& [name, y] : b) {
-    const auto& x = a.at(name);
-    for (size_t i = 0; i < y.size(); ++i) {
-      diff += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-      norm += double(y[i]) * y[i];
-    }
-  }
-  return std::sqrt(diff / norm);
 }
 double max_relative(const std::vector<double>& a, const std::vector<double>& b) {
   double worst = 0;

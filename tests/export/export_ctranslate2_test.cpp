@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "process.hpp"
 #include "test_env.hpp"
 
 namespace {
@@ -26,26 +27,10 @@ using aiayn::testing::aiayn_exe;
 using aiayn::testing::source_dir;
 using aiayn::testing::TempDir;
 
-struct Result {
-  int status = -1;
-  std::string out, err;
-};
+using Result = aiayn::testing::CommandResult;
 
-std::string slurp(const std::string& p) {
-  std::ifstream f(p);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-Result run(const std::string& cmd, const TempDir& dir) {
-  const std::string out = dir / "stdout.txt", err = dir / "stderr.txt";
-  Result r;
-  const int raw = std::system((cmd + " >" + out + " 2>" + err).c_str());
-  r.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
-  r.out = slurp(out), r.err = slurp(err);
-  return r;
-}
+// Runs a shell command, capturing stdout and stderr.
+Result run(const std::string& cmd, const TempDir& dir) { return aiayn::testing::run_captured(cmd, dir.path()); }
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> lines;
@@ -186,7 +171,7 @@ TEST_F(ExportCt2, AFailedConversionLeavesTheOldModel) {
     const Result r = run(cmd, *dir);
     EXPECT_EQ(r.status, 1) << cmd << "\n" << r.err;
     EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
-    EXPECT_EQ(slurp(out + "/marker"), "old\n");
+    EXPECT_EQ(aiayn::testing::read_file(out + "/marker"), "old\n");
     for (const auto& e : fs::directory_iterator(dir->path()))
       EXPECT_EQ(e.path().filename().string().find(".export-"), std::string::npos) << "staging left: " << e.path();
   };

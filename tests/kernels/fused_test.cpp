@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernel_test_util.hpp"
+#include "numerics.hpp"
 #include "kernels/bf16.hpp"
 #include "kernels/ops.hpp"
 #include "reference.hpp"
@@ -148,16 +149,7 @@ TEST(Embed, DropoutWithExplicitPositionsIsRefused) {
 
 // ---- attention: the vectorised variant against the reference loops ---------------------------------------
 
-template <class T>
-double max_rel_diff(const std::vector<T>& got, const std::vector<T>& want) {
-  double err = 0, ref = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::isnan(double(got[i])) != std::isnan(double(want[i]))) return INFINITY;
-    err = std::max(err, std::fabs(double(got[i]) - double(want[i])));
-    ref = std::max(ref, std::fabs(double(want[i])));
-  }
-  return ref > 0 ? err / ref : err;
-}
+using aiayn::testing::max_rel_diff;  // tests/common/numerics.hpp
 
 struct AttnVariantCase {
   int B, Tq, Tk, H, Dh;

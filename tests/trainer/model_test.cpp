@@ -10,6 +10,7 @@
 #include "data/corpus.hpp"
 #include "kernels/dropout_hash.hpp"
 #include "kernels/ops/adam.hpp"
+#include "model_fixtures.hpp"
 #include "trainer/model.hpp"
 
 namespace aiayn::trainer {
@@ -17,34 +18,11 @@ namespace {
 
 // A batch of `lens` pairs with ids in [4, V): sentences of different lengths, so padding is exercised.
 Batch random_batch(int V, const std::vector<std::pair<int, int>>& lens, uint64_t seed) {
-  std::vector<data::Pair> pairs;
-  std::vector<int64_t> idx;
-  uint64_t c = seed;
-  for (size_t i = 0; i < lens.size(); ++i) {
-    data::Pair p;
-    for (int t = 0; t + 1 < lens[i].first; ++t) p.src.push_back(4 + static_cast<int>(kernels::mix64(++c) % (V - 4)));
-    p.src.push_back(3);
-    for (int t = 0; t + 1 < lens[i].second; ++t) p.tgt.push_back(4 + static_cast<int>(kernels::mix64(++c) % (V - 4)));
-    p.tgt.push_back(3);
-    pairs.push_back(p);
-    idx.push_back(static_cast<int64_t>(100 + 7 * i));
-  }
-  return make_batch(pairs, idx, 0, 2);
+  return testing::test_batch(V, lens, seed, 100, 7);
 }
 
 ModelSpec tiny_spec(bool pre_norm, double dropout) {
-  ModelSpec s;
-  s.arch.layers = 2;
-  s.arch.d_model = 64;
-  s.arch.heads = 4;
-  s.arch.d_ff = 256;
-  s.arch.dropout = dropout;
-  s.arch.attention_dropout = dropout;
-  s.arch.relu_dropout = dropout;
-  s.arch.label_smoothing = 0.1;
-  s.arch.pre_norm = pre_norm;
-  s.vocab = 23;
-  return s;
+  return testing::tiny_spec({/*d_model=*/64, /*d_ff=*/256, /*vocab=*/23, pre_norm, dropout, dropout});
 }
 
 // The scaled loss of `batch` and its central difference in parameter i, in double: truncation O(h^2) ~ 1e-10
