@@ -2,8 +2,9 @@
 // lengths, so padding and masks are exercised), dropout on everywhere (the masks come from the same hash on both
 // devices). First the gradient buffers themselves after one forward_backward, every parameter by name (a loss
 // curve under Adam would hide a gradient off by a constant factor; GradientCheckCatchesAConstantFactor shows the
-// comparison does not); then five steps of forward_backward and Adam, whose losses match the CPU run's to 1e-6
-// relative (the issue asked for 1e-4; the measurement is 2.2e-8). Also bf16 mixed precision over 30 steps against the fp32 CPU run. Then
+// comparison does not); then five steps of forward_backward and Adam, whose losses match the CPU run's to
+// kFiveStepLossTol relative (1e-6 under the emulator, where 2.2e-8 was measured; 1e-4 on a GPU until measured
+// there). Also bf16 mixed precision over 30 steps against the fp32 CPU run. Then
 // inference: the incremental decoder (caches, beam reordering, compaction) and beam search on CUDA against the CPU.
 // Skips without a GPU; the emulated twin (cuda_model_emu_test) runs it on the CPU.
 #include <gtest/gtest.h>
@@ -127,6 +128,16 @@ const Gradients& one_forward_backward(Device dev, bool pre_norm, int which) {
 // while a gradient scaled by 1.01 (1e-2) or a missing term is orders of magnitude outside it.
 constexpr double kGradTol = 2e-5;
 
+// Five Adam steps' losses, CUDA against the CPU (relative). Under the emulator each op keeps the CPU's order of
+// additions: measured 2.2e-8 at most (both norms, both fiber orders), so 1e-6. On a GPU, cuBLASLt's and the
+// kernels' own summation orders are carried through five Adam steps: the design's bound of 1e-4 stays until a
+// GPU run measures it (none has yet).
+#if AIAYN_CUDA_EMULATION
+constexpr double kFiveStepLossTol = 1e-6;
+#else
+constexpr double kFiveStepLossTol = 1e-4;
+#endif
+
 ::testing::AssertionResult gradients_match(const ParamTable& table, const std::vector<float>& got,
                                            const std::vector<float>& want, double tol, double* worst = nullptr,
                                            std::string* worst_name = nullptr) {
@@ -209,9 +220,7 @@ TEST_P(CudaModel, FiveFp32TrainingStepsMatchTheCpuLosses) {
     std::printf("step %d: cpu loss %.9f, cuda loss %.9f, relative difference %.2e\n", s + 1, cpu[s], gpu[s],
                 std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]));
     ASSERT_TRUE(std::isfinite(cpu[s])) << "step " << s + 1;
-    // The issue's bound was 1e-4 (relative); measured under the emulator: 2.2e-8 at most (both norms). 1e-6 leaves
-    // 45 times that for a GPU's summation orders carried through five Adam steps (not measured on a GPU).
-    EXPECT_LE(std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]), 1e-6)
+    EXPECT_LE(std::fabs(gpu[s] - cpu[s]) / std::fabs(cpu[s]), kFiveStepLossTol)
         << "step " << s + 1 << ": cuda " << gpu[s] << ", cpu " << cpu[s];
   }
   EXPECT_LT(cpu.back(), cpu.front()) << "the run should learn something in 5 steps (same batches repeat)";
