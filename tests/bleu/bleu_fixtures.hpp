@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "process.hpp"
 #include "test_env.hpp"
 #include "trainer/bleu.hpp"
 
@@ -20,12 +21,7 @@ inline bool bleu_fixtures_present() {
   return std::filesystem::exists(bleu_fixture_dir() + "/expected.json");
 }
 
-inline std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  return bytes.str();
-}
+inline std::string read_bytes(const std::string& path) { return read_file(path); }  // tests/common/process.hpp
 
 // One result against sacreBLEU's figures for it. Counts and lengths are integers and must agree exactly; score
 // and bp are doubles computed with the same operations in the same order on the same libm, so they agree far

@@ -2,9 +2,7 @@
 // scripts (tests/bleu/fixtures, made by make_fixtures.py there), and corpus BLEU with each of 13a, intl and
 // none on every fixture, in the library and through `aiayn bleu --tokenize`.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
-#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -73,22 +71,22 @@ TEST(BleuTokenize, CommandLineTakesTokenize) {
   for (const char* tok : {"13a", "intl", "none"}) {
     SCOPED_TRACE(tok);
     TempDir tmp;
-    const std::string cmd = "'" + aiayn_exe() + "' bleu --tokenize " + tok + " --ref '" + stem_of("unicode") +
-                            ".ref' < '" + stem_of("unicode") + ".hyp' > '" + (tmp / "out") + "' 2> '" + (tmp / "err") + "'";
-    const int raw = std::system(cmd.c_str());
-    ASSERT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 0) << read_bytes(tmp / "err");
-    const nlohmann::json got = nlohmann::json::parse(read_bytes(tmp / "out"));
+    const CommandResult r = run_captured("'" + aiayn_exe() + "' bleu --tokenize " + tok + " --ref '" +
+                                             stem_of("unicode") + ".ref' < '" + stem_of("unicode") + ".hyp'",
+                                         tmp.path());
+    ASSERT_EQ(r.status, 0) << r.err;
+    const nlohmann::json got = nlohmann::json::parse(r.out);
     EXPECT_EQ(got["counts"], e[tok]["counts"]);
     EXPECT_EQ(got["totals"], e[tok]["totals"]);
     EXPECT_EQ(got["signature"], e[tok]["signature"]);
     EXPECT_NEAR(got["score"].get<double>(), e[tok]["score"].get<double>(), 1e-9);
-    EXPECT_EQ(read_bytes(tmp / "err"), e[tok]["line"].get<std::string>() + "\n");
+    EXPECT_EQ(r.err, e[tok]["line"].get<std::string>() + "\n");
   }
   TempDir tmp;
-  const std::string bad = "'" + aiayn_exe() + "' bleu --tokenize char --ref '" + stem_of("unicode") + ".ref' < '" +
-                          stem_of("unicode") + ".hyp' > /dev/null 2> '" + (tmp / "err") + "'";
-  const int raw = std::system(bad.c_str());
-  EXPECT_TRUE(WIFEXITED(raw) && WEXITSTATUS(raw) == 2) << read_bytes(tmp / "err");
+  const CommandResult bad = run_captured("'" + aiayn_exe() + "' bleu --tokenize char --ref '" + stem_of("unicode") +
+                                             ".ref' < '" + stem_of("unicode") + ".hyp'",
+                                         tmp.path());
+  EXPECT_EQ(bad.status, 2) << bad.err;
 }
 
 }  // namespace

@@ -14,12 +14,14 @@
 
 #include "aiayn/error.hpp"
 #include "checkpoints/checkpoint.hpp"
+#include "process.hpp"
 #include "test_env.hpp"
 
 namespace aiayn::checkpoints {
 namespace {
 
 namespace fs = std::filesystem;
+using aiayn::testing::read_file;
 using aiayn::testing::TempDir;
 
 // A tiny "model": names with '/', a scalar-free mix of ranks, values with exact bit patterns.
@@ -77,10 +79,6 @@ struct Buffers {
   }
 };
 
-std::string read_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
 std::vector<std::string> dir_names(const std::string& dir) {
   std::vector<std::string> names;
   for (auto& e : fs::directory_iterator(dir)) names.push_back(e.path().filename().string());
