@@ -49,6 +49,18 @@ std::map<std::string, std::vector<float>> checkpoint_tensors(const std::string& 
   return out;
 }
 
+::testing::AssertionResult same_checkpoint_tensors(const std::string& a, const std::string& b) {
+  const auto x = checkpoint_tensors(a, true), y = checkpoint_tensors(b, true);
+  if (x.size() != y.size())
+    return ::testing::AssertionFailure() << a << " has " << x.size() << " tensors, " << b << " " << y.size();
+  for (const auto& [name, values] : x) {
+    const auto it = y.find(name);
+    if (it == y.end()) return ::testing::AssertionFailure() << name << ": not in " << b;
+    if (it->second != values) return ::testing::AssertionFailure() << name << " differs between " << a << " and " << b;
+  }
+  return ::testing::AssertionSuccess();
+}
+
 std::string launcher(int ranks) {
   if (ranks <= 1) return "";
   return "mpiexec --allow-run-as-root --oversubscribe -np " + std::to_string(ranks) + " ";
