@@ -21,6 +21,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "run_helpers.hpp"
 #include "test_env.hpp"
@@ -143,6 +144,23 @@ class MultiHost : public ::testing::Test {
   void signal_host(int k, int sig, const std::string& comm = "") const {
     for (pid_t p : pids_on_host(k, comm)) kill(p, sig);
   }
+  // A run on `hosts` hosts that goes on until stopped (a checkpoint every 5 steps, train.comm_timeout_s =
+  // `deadline_s`), started under `env` and 12 steps in: the job the fault tests break.
+  pid_t start_endless_run(int hosts, const std::string& run, const std::string& log, int deadline_s,
+                          const std::string& env = "") {
+    return start_and_wait_for_steps(
+        on_hosts(hosts, run,
+                 "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=" +
+                     std::to_string(deadline_s),
+                 env),
+        run, log, 12);
+  }
+  // wait_for_end from now: the exit status and the seconds it took.
+  std::pair<int, double> time_to_end(pid_t pid, double seconds, const std::string& log) {
+    const auto t0 = Clock::now();
+    const int rc = wait_for_end(pid, seconds, log);
+    return {rc, since(t0)};
+  }
   // Ends the job for `pid` if it is still there (a failed test must not leave it running), then fails.
   int wait_for_end(pid_t pid, double seconds, const std::string& log) {
     const int rc = wait_at_most(pid, seconds);
@@ -196,14 +214,10 @@ TEST_F(MultiHost, TwoHostsTakeTheSameStepsAsOneHostBitForBitAcrossAResume) {
 TEST_F(MultiHost, AKilledHostEndsTheJobAndTheRunResumesOnTheHostLeft) {
   make_hosts(2);
   const std::string run = tmp_ / "run", log = tmp_ / "run.log";
-  const double timeout = 10;
-  const pid_t pid = start_and_wait_for_steps(
-      on_hosts(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=10"), run,
-      log, 12);
+  const int timeout = 10;
+  const pid_t pid = start_endless_run(2, run, log, timeout);
   signal_host(2, SIGKILL);
-  const auto t0 = Clock::now();
-  const int rc = wait_for_end(pid, timeout + 30, log);
-  const double took = since(t0);
+  const auto [rc, took] = time_to_end(pid, timeout + 30, log);
   std::printf("killed host: exit status %d after %.1f s\n", rc, took);
   EXPECT_NE(rc, 0);
   EXPECT_LT(took, timeout + 5) << read_file(log);
@@ -216,15 +230,11 @@ TEST_F(MultiHost, AKilledHostEndsTheJobAndTheRunResumesOnTheHostLeft) {
 TEST_F(MultiHost, AVanishedHostEndsTheJobAtTheDeadlineNamingRankAndStep) {
   make_hosts(2);
   const std::string run = tmp_ / "run", log = tmp_ / "run.log";
-  const double timeout = 8;
-  const pid_t pid = start_and_wait_for_steps(
-      on_hosts(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=8"), run,
-      log, 12);
+  const int timeout = 8;
+  const pid_t pid = start_endless_run(2, run, log, timeout);
   ASSERT_TRUE(shell("ip -n " + host(2) + " link set eth0 down"));
   signal_host(2, SIGSTOP);
-  const auto t0 = Clock::now();
-  const int rc = wait_for_end(pid, timeout + 60, log);
-  const double took = since(t0);
+  const auto [rc, took] = time_to_end(pid, timeout + 60, log);
   std::printf("vanished host: exit status %d after %.1f s\n", rc, took);
   const std::string out = read_file(log);
   EXPECT_NE(rc, 0);
@@ -242,14 +252,10 @@ TEST_F(MultiHost, AVanishedHostEndsTheJobAtTheDeadlineNamingRankAndStep) {
 TEST_F(MultiHost, ACutLinkEndsTheJobNamingRankStepAndOperation) {
   make_hosts(2);
   const std::string run = tmp_ / "run", log = tmp_ / "run.log";
-  const double timeout = 8;
-  const pid_t pid = start_and_wait_for_steps(
-      on_hosts(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=8"), run,
-      log, 12);
+  const int timeout = 8;
+  const pid_t pid = start_endless_run(2, run, log, timeout);
   ASSERT_TRUE(shell("ip -n " + host(2) + " link set eth0 down"));
-  const auto t0 = Clock::now();
-  const int rc = wait_for_end(pid, timeout + 60, log);
-  const double took = since(t0);
+  const auto [rc, took] = time_to_end(pid, timeout + 60, log);
   std::printf("cut link: exit status %d after %.1f s\n", rc, took);
   const std::string out = read_file(log);
   EXPECT_NE(rc, 0);
@@ -267,14 +273,10 @@ TEST_F(MultiHost, ACutLinkIsReportedByOpenMpiWhenItsKeepaliveIsShorter) {
   make_hosts(2);
   ASSERT_TRUE(shell("ip netns exec " + host(1) + " sysctl -q -w net.ipv4.tcp_retries2=15"));
   const std::string run = tmp_ / "run", log = tmp_ / "run.log";
-  const pid_t pid = start_and_wait_for_steps(
-      on_hosts(2, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=60",
-               "OMPI_MCA_oob_tcp_keepalive_time=2 OMPI_MCA_oob_tcp_keepalive_intvl=1 OMPI_MCA_oob_tcp_keepalive_probes=3"),
-      run, log, 12);
+  const pid_t pid = start_endless_run(
+      2, run, log, 60, "OMPI_MCA_oob_tcp_keepalive_time=2 OMPI_MCA_oob_tcp_keepalive_intvl=1 OMPI_MCA_oob_tcp_keepalive_probes=3");
   ASSERT_TRUE(shell("ip -n " + host(2) + " link set eth0 down"));
-  const auto t0 = Clock::now();
-  const int rc = wait_for_end(pid, 90, log);
-  const double took = since(t0);
+  const auto [rc, took] = time_to_end(pid, 90, log);
   std::printf("cut link, keepalive 2 s + 3 x 1 s: exit status %d after %.1f s\n", rc, took);
   const std::string out = read_file(log);
   EXPECT_NE(rc, 0);
@@ -289,14 +291,10 @@ TEST_F(MultiHost, ACutLinkIsReportedByOpenMpiWhenItsKeepaliveIsShorter) {
 TEST_F(MultiHost, AFrozenRankOnOneOfThreeHostsEndsTheJobNamingIt) {
   make_hosts(3);
   const std::string run = tmp_ / "run", log = tmp_ / "run.log";
-  const double timeout = 6;
-  const pid_t pid = start_and_wait_for_steps(
-      on_hosts(3, run, "--set train.max_steps=100000 --set checkpoint.every_steps=5 --set train.comm_timeout_s=6"), run,
-      log, 12);
+  const int timeout = 6;
+  const pid_t pid = start_endless_run(3, run, log, timeout);
   signal_host(2, SIGSTOP, "aiayn");
-  const auto t0 = Clock::now();
-  const int rc = wait_for_end(pid, timeout + 60, log);
-  const double took = since(t0);
+  const auto [rc, took] = time_to_end(pid, timeout + 60, log);
   std::printf("frozen rank of three: exit status %d after %.1f s\n", rc, took);
   const std::string out = read_file(log);
   EXPECT_NE(rc, 0);
