@@ -1,4 +1,4 @@
-// The one-rank paths: Local communicator identities, MpiSession without a launcher, NCCL availability.
+// The one-rank paths: Local communicator identities, MpiSession without a launcher.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -66,16 +66,6 @@ TEST(MpiSession, LauncherEnvironmentIsDetected) {
   setenv("PMI_SIZE", "4", 1);
   EXPECT_TRUE(MpiSession::launched_by_mpi());
   unsetenv("PMI_SIZE");
-}
-
-TEST(Nccl, UnavailableWithoutCudaSaysSo) {
-  if (nccl_compiled()) GTEST_SKIP() << "built with NCCL; this checks the CPU-only build";
-  try {
-    make_nccl_communicator(0);
-    ADD_FAILURE() << "make_nccl_communicator succeeded in a build without NCCL";
-  } catch (const aiayn::Error& e) {
-    EXPECT_NE(std::string(e.what()).find("without CUDA/NCCL"), std::string::npos) << e.what();
-  }
 }
 
 }  // namespace
